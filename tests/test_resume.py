@@ -1,0 +1,67 @@
+"""Killing a run with SIGKILL and rerunning the same command ends bitwise where an uninterrupted
+run ends: the checkpoint holds everything (params, optimizer, BatchNorm statistics, step, RNG) and
+the input order is a function of (seed, step)."""
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from helpers import REPO, TINY_SIMCLR, run_cli
+
+pytestmark = pytest.mark.slow
+CONFIG = "configs/simclr_digits.py:runlocal"
+OVERRIDES = [*TINY_SIMCLR, "--config.total_steps=30", "--config.checkpoint.every_steps=4"]
+
+
+def final_state(workdir, step=30):
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "signature"))
+    assert manager.latest_step() == step
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    manager.close()
+    return state
+
+
+def kill_at_step(workdir, kill_step: int) -> None:
+    """Starts training and SIGKILLs it as soon as it reports `kill_step` (log_every=1)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    command = [sys.executable, "-m", "vision_jax.train", f"--config={CONFIG}", f"--workdir={workdir}", *OVERRIDES]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in process.stdout:
+        if line.startswith(f"step {kill_step}/"):
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=120)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+def test_killed_run_resumes_bitwise(tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    run_cli("vision_jax.train", CONFIG, uninterrupted, *OVERRIDES)
+
+    resumed = tmp_path / "resumed"
+    kill_step = int(np.random.default_rng().integers(5, 22))  # after the first checkpoint, mid-run
+    kill_at_step(resumed, kill_step)
+    manager = ocp.CheckpointManager(os.path.join(resumed, "checkpoints"))
+    latest = manager.latest_step()
+    manager.close()
+    assert latest is not None and latest < 30, f"killed at step {kill_step}, latest checkpoint {latest}"
+    second = run_cli("vision_jax.train", CONFIG, resumed, *OVERRIDES)
+    assert f"resuming from step {latest}" in second.stdout
+
+    expected, actual = final_state(uninterrupted), final_state(resumed)
+    assert jax.tree.structure(expected) == jax.tree.structure(actual)
+    for path, a in jax.tree_util.tree_leaves_with_path(expected):
+        b = actual
+        for key in path:
+            b = b[key.key] if hasattr(key, "key") else b[key.idx]
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{jax.tree_util.keystr(path)} (killed at {kill_step})")
+
+    # The same command on the finished workdir evaluates the latest checkpoint.
+    evaluated = run_cli("vision_jax.evaluate", CONFIG, resumed, *OVERRIDES)
+    for row in ("| simclr |", "| random_init |", "| raw_pixels |"):
+        assert row in evaluated.stdout

@@ -1,0 +1,74 @@
+"""The train loop's guards: non-finite losses, incompatible and corrupt checkpoints; and the
+supervised path end to end (its classifier beats chance on held-out digits)."""
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from vision_jax import checkpoint, config as config_lib, trainer
+
+SMALL = ["data.image_size=16", "model.widths=(8,16,32,32)", "evaluators.linear_probe.steps=20"]
+
+
+def supervised_config(*overrides):
+    return config_lib.load_config("configs/supervised_digits.py:runlocal", [*SMALL, *overrides])
+
+
+def checkpoint_steps(workdir):
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    steps = manager.all_steps()
+    manager.close()
+    return sorted(steps)
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    config = supervised_config("optimizer.name=sgd", "optimizer.lr=1e30", "optimizer.warmup_steps=0",
+                               "total_steps=20", "checkpoint.every_steps=1", "log_every=1",
+                               "checkpoint.use_async=false")
+    with pytest.raises(trainer.TrainingDiverged, match=r"non-finite at step (\d+)") as error:
+        trainer.train(config, str(tmp_path))
+    message = str(error.value)
+    bad_step = int(message.split("non-finite at step ")[1].split(" ")[0])
+    saved = checkpoint_steps(tmp_path)
+    assert all(step < bad_step for step in saved)
+    if not saved:
+        assert "none was saved" in message
+        return
+    assert f"last good checkpoint: step {max(saved)}" in message
+    manager = ocp.CheckpointManager(os.path.join(tmp_path, "checkpoints"), item_names=("state", "signature"))
+    state = manager.restore(max(saved), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    manager.close()
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state["params"]))
+
+
+def test_workdir_of_another_model_is_refused(tmp_path):
+    trainer.train(supervised_config(), str(tmp_path))
+    wider = supervised_config("model.widths=(8,16,32,64)")
+    with pytest.raises(checkpoint.CheckpointError, match="different model.*shape"):
+        trainer.train(wider, str(tmp_path))
+
+
+def test_corrupt_checkpoint_is_reported_not_silently_used(tmp_path):
+    trainer.train(supervised_config(), str(tmp_path))
+    latest = max(checkpoint_steps(tmp_path))
+    state_dir = tmp_path / "checkpoints" / str(latest) / "state"
+    for path in state_dir.rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match=f"{latest}.*(corrupt|cannot)"):
+        trainer.train(supervised_config("total_steps=12"), str(tmp_path))
+
+
+def test_supervised_classifier_beats_chance_on_held_out_digits(tmp_path):
+    config = supervised_config("total_steps=60", "batch_size=64", "eval_baselines=()")
+    results = trainer.train(config, str(tmp_path))
+    assert results["supervised"]["classification/top1"] > 50  # chance is 10%
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == results
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"train/loss", "train/images_per_s", "train/learning_rate"} <= set(records[0])
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+    assert json.loads((tmp_path / "config.json").read_text())["method"]["name"] == "supervised"

@@ -1,0 +1,40 @@
+"""Command-line plumbing shared by `train` and `evaluate`: flags, config overrides, processes."""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+
+import jax  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", None, "Recipe: path/to/recipe.py[:key=value,...].", required=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.", required=True)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+
+OVERRIDE_PREFIX = "--config."
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl parser that sets aside `--config.field=value` overrides (absl would reject them)."""
+    logging.set_verbosity(logging.WARNING)  # orbax logs every step of every save at INFO
+    overrides = [arg[len(OVERRIDE_PREFIX):] for arg in argv[1:] if arg.startswith(OVERRIDE_PREFIX)]
+    rest = [arg for arg in argv if not arg.startswith(OVERRIDE_PREFIX)]
+    try:
+        FLAGS(rest)
+    except flags.Error as error:
+        sys.exit(f"{error}\nUsage: python -m vision_jax.train --config=configs/<recipe>.py[:args] "
+                 f"--workdir=DIR [--config.<field>=<value> ...]")
+    return overrides
+
+
+def initialize_processes() -> None:
+    """Joins a multi-process run when asked to (or when a cluster environment says so)."""
+    if FLAGS.coordinator_address or FLAGS.num_processes:
+        if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

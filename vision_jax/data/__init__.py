@@ -1,0 +1,1 @@
+"""Input: sources (what the examples are), views (how they are augmented), pipeline (batches)."""

@@ -1,0 +1,99 @@
+"""tf.data pipelines that turn a Source into per-process numpy batches.
+
+Training order is a pure function of (seed, step): global example slot `g = step * B + j`
+(B the global batch, j in [0, B)) holds example `shuffle_epoch(g // N)[g % N]`, a Feistel-style
+permutation of the N examples drawn fresh each epoch (`tf.random.experimental.index_shuffle`),
+augmented with the stateless seed (seed, g). Process p of P builds slots j in
+[p * B/P, (p+1) * B/P) of every global batch, so processes see disjoint examples, and the global
+batch is the same whatever the process count. Resuming at step k needs nothing but k: no
+iterator state, no replay.
+
+We do not use `tfds.split_for_jax_process` for training, because splitting the data per process
+would make the global batch (and so the run) depend on how many processes there are.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from vision_jax.data.sources import Source
+
+# tf.data runs on the host; keep TensorFlow off any accelerator so JAX owns its memory.
+tf.config.set_visible_devices([], "GPU")
+
+
+def _deterministic_options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    return options
+
+
+def train_batches(source: Source, augment: Callable, *, global_batch: int, seed: int, start_step: int,
+                  process_index: int = 0, process_count: int = 1, prefetch: int = 2) -> Iterator[dict]:
+    """Endless iterator of this process's slice of each global training batch from `start_step`."""
+    if global_batch % process_count:
+        raise ValueError(f"Global batch {global_batch} is not divisible by {process_count} processes.")
+    local_batch = global_batch // process_count
+    num_examples = source.num_examples
+
+    @tf.autograph.experimental.do_not_convert  # plain graph code; autograph only adds warnings
+    def example(local_counter):
+        step, j = local_counter // local_batch, local_counter % local_batch
+        slot = step * global_batch + process_index * local_batch + j
+        epoch, within = slot // num_examples, slot % num_examples
+        index = tf.random.experimental.index_shuffle(
+            within, seed=tf.stack([tf.constant(-seed - 1, tf.int64), epoch]), max_index=num_examples - 1)
+        loaded = source.load(index)
+        out = augment(loaded["image"], tf.stack([tf.constant(seed, tf.int64), slot]))
+        out["label"] = loaded["label"]
+        return out
+
+    dataset = (tf.data.Dataset.counter(start_step * local_batch)
+               .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .batch(local_batch, drop_remainder=True)
+               .prefetch(prefetch)
+               .with_options(_deterministic_options()))
+    return dataset.as_numpy_iterator()
+
+
+def eval_batches(source: Source, preprocess: Callable, *, global_batch: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+    """One pass over every example, in order, with the last global batch padded.
+
+    Each batch has a 'mask' (1 for real examples, 0 for padding) that evaluators must honour.
+    """
+    if global_batch % process_count:
+        raise ValueError(f"Global batch {global_batch} is not divisible by {process_count} processes.")
+    local_batch = global_batch // process_count
+    num_examples = source.num_examples
+    num_steps = math.ceil(num_examples / global_batch)
+
+    @tf.autograph.experimental.do_not_convert  # plain graph code; autograph only adds warnings
+    def example(local_counter):
+        step, j = local_counter // local_batch, local_counter % local_batch
+        slot = step * global_batch + process_index * local_batch + j
+        loaded = source.load(tf.minimum(slot, num_examples - 1))
+        out = preprocess(loaded["image"], tf.zeros([2], tf.int64))
+        out["label"] = loaded["label"]
+        out["mask"] = tf.cast(slot < num_examples, tf.float32)
+        return out
+
+    dataset = (tf.data.Dataset.range(num_steps * local_batch)
+               .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .batch(local_batch)
+               .prefetch(2)
+               .with_options(_deterministic_options()))
+    return dataset.as_numpy_iterator()
+
+
+def num_eval_batches(source: Source, global_batch: int) -> int:
+    return math.ceil(source.num_examples / global_batch)
+
+
+def stack_all(batches: Iterator[dict]) -> dict[str, np.ndarray]:
+    """Concatenates an iterator of batches (handy for small evaluation sets and tests)."""
+    batches = list(batches)
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}

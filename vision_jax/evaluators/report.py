@@ -1,0 +1,25 @@
+"""Runs evaluators over representations and prints the results table."""
+from __future__ import annotations
+
+from vision_jax.evaluators.features import EvalData, Representation
+
+
+def evaluate_all(evaluators: dict, representations: list[Representation], data: EvalData) -> dict[str, dict[str, float]]:
+    """{representation name: {'<evaluator>/<metric>': value}}."""
+    results = {}
+    for representation in representations:
+        row = {}
+        for name, evaluator in evaluators.items():
+            for metric, value in evaluator(representation, data).items():
+                row[f"{name}/{metric}"] = value
+        results[representation.name] = row
+    return results
+
+
+def format_table(results: dict[str, dict[str, float]], caption: str) -> str:
+    columns = sorted({c for row in results.values() for c in row})
+    lines = [caption, "", "| features | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in results.items():
+        cells = [f"{row[c]:.2f}" if c in row else "-" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Where metrics go: console progress, TensorBoard event files and a JSONL file in the workdir.
+
+Only process 0 writes; the others stay quiet.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class MetricLogger:
+    def __init__(self, workdir: str, total_steps: int):
+        self.enabled = jax.process_index() == 0
+        self.total_steps = total_steps
+        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self._tensorboard = None
+        if self.enabled:
+            import tensorflow as tf  # the event-file writer; tf is already the input pipeline's
+
+            self._tensorboard = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        """Appends one JSONL record and TensorBoard scalars (keys like 'train/loss')."""
+        if not self.enabled:
+            return
+        record = {"step": step, "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        import tensorflow as tf
+
+        with self._tensorboard.as_default(step=step):
+            for key, value in metrics.items():
+                tf.summary.scalar(key, float(value))
+        self._tensorboard.flush()
+
+    def progress(self, step: int, loss: float, images_per_s: float, seconds_per_step: float) -> None:
+        if not self.enabled:
+            return
+        eta = _format_duration((self.total_steps - step) * seconds_per_step)
+        print(f"step {step}/{self.total_steps}  loss {loss:.4f}  {images_per_s:.1f} images/s  ETA {eta}",
+              flush=True)
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stdout, flush=True)

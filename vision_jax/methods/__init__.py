@@ -1,0 +1,7 @@
+"""Method registry: what is learned. A method builds one NNX module holding every trained part
+and defines its loss; it knows nothing about loops, devices or files (see methods/base.py)."""
+from vision_jax.registry import Registry
+
+METHODS = Registry("method")
+
+from vision_jax.methods import simclr, supervised  # noqa: E402,F401

@@ -1,0 +1,21 @@
+"""Train a recipe:
+
+    python -m vision_jax.train --config=configs/simclr_digits.py --workdir=/tmp/simclr_digits
+
+Rerunning the same command resumes from the latest checkpoint in --workdir.
+"""
+from absl import app
+
+from vision_jax import cli, config as config_lib
+
+
+def main(overrides: list[str]) -> None:
+    cli.initialize_processes()
+    config = config_lib.load_config(cli.FLAGS.config, overrides)
+    from vision_jax import trainer  # imported after process setup: importing jax-heavy code is slow
+
+    trainer.train(config, cli.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)
