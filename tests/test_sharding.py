@@ -1,8 +1,12 @@
 """The same run on 1 device and on 8 (fake CPU) devices gives the same loss curve."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from helpers import TINY_SIMCLR, losses, run_cli
+from helpers import REPO, TINY_SIMCLR, losses, run_cli
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/simclr_digits.py:runlocal"
@@ -34,3 +38,17 @@ def test_batch_not_divisible_by_devices_is_refused(tmp_path):
     assert result.returncode != 0
     assert "batch_size=12 is not divisible by the 8 devices" in result.stderr
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_two_processes_match_one_device(one_device_losses, tmp_path):
+    # Two processes joined by jax.distributed (gloo CPU collectives): the multi-host code path.
+    # Each feeds its half of every global batch; the global batch, and so the curve, is unchanged.
+    result = subprocess.run(["bash", "launch/multiprocess_cpu.sh", "2", CONFIG, str(tmp_path), *TINY_SIMCLR],
+                            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "mesh {'data': 2, 'model': 1}" in result.stdout
+    two = losses(tmp_path)
+    steps = sorted(one_device_losses)
+    assert sorted(two) == steps
+    np.testing.assert_allclose([two[s] for s in steps], [one_device_losses[s] for s in steps], rtol=2e-4)

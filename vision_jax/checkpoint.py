@@ -13,9 +13,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint in the workdir cannot be used; the message says why and what to do."""
+from vision_jax.errors import CheckpointError
 
 
 def model_signature(abstract_params: Any, model_config: dict) -> dict:

@@ -1,6 +1,7 @@
 """Command-line plumbing shared by `train` and `evaluate`: flags, config overrides, processes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -8,6 +9,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 
 import jax  # noqa: E402
 from absl import flags, logging  # noqa: E402
+
+from vision_jax.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Recipe: path/to/recipe.py[:key=value,...].", required=True)
@@ -35,6 +38,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 def initialize_processes() -> None:
     """Joins a multi-process run when asked to (or when a cluster environment says so)."""
     if FLAGS.coordinator_address or FLAGS.num_processes:
-        if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # Cross-process collectives for CPU devices (no effect on GPU/TPU). Must be set before
+        # any backend starts, so do not query jax.devices() above this line.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+
+@contextlib.contextmanager
+def user_errors_as_messages():
+    """Mistakes in input (UserError) end the program with their message alone, no traceback."""
+    try:
+        yield
+    except UserError as error:
+        sys.exit(f"error: {error}")

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from vision_jax.errors import ConfigError, MissingDataError
 from vision_jax.registry import closest
 
 ConfigDict = ml_collections.ConfigDict
@@ -88,7 +89,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
             continue
         key, has_value, raw = item.partition("=")
         if key not in defaults:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown recipe argument {key!r}.{closest(key, defaults)} "
                 f"This recipe accepts: {', '.join(sorted(defaults))}."
             )
@@ -100,17 +101,17 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     """Loads `path.py[:arg]`, applies `key=value` overrides (dotted keys) and validates."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Config file {path!r} does not exist (from --config={spec}).")
+        raise MissingDataError(f"Config file {path!r} does not exist (from --config={spec}).")
     module_spec = importlib.util.spec_from_file_location("vision_jax_recipe", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"Config file {path!r} has no get_config(arg) function.")
+        raise ConfigError(f"Config file {path!r} has no get_config(arg) function.")
     config = module.get_config(arg or None)
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep:
-            raise ValueError(f"Override {override!r} must look like field.name=value.")
+            raise ConfigError(f"Override {override!r} must look like field.name=value.")
         apply_override(config, key, raw)
     validate(config)
     return config
@@ -122,13 +123,13 @@ def apply_override(config: ConfigDict, dotted_key: str, raw: str) -> None:
     node = config
     for i, part in enumerate(parents):
         if part not in node:
-            raise ValueError(_unknown_key_message(".".join(parents[: i + 1]), node))
+            raise ConfigError(_unknown_key_message(".".join(parents[: i + 1]), node))
         node = node[part]
         if not isinstance(node, ConfigDict):
-            raise ValueError(f"Config key {'.'.join(parents[: i + 1])!r} is a value, not a section, "
+            raise ConfigError(f"Config key {'.'.join(parents[: i + 1])!r} is a value, not a section, "
                              f"so it has no field {dotted_key!r}.")
     if leaf not in node:
-        raise ValueError(_unknown_key_message(dotted_key, node))
+        raise ConfigError(_unknown_key_message(dotted_key, node))
     node[leaf] = _coerce(raw, node[leaf], f"--config.{dotted_key}")
 
 
@@ -143,7 +144,7 @@ def _check_keys(config: ConfigDict, schema: ConfigDict, prefix: str) -> None:
         if path in FREE_FORM_SECTIONS:
             continue
         if key not in schema:
-            raise ValueError(_unknown_key_message(path, schema))
+            raise ConfigError(_unknown_key_message(path, schema))
         if isinstance(schema[key], ConfigDict):
             _check_keys(config[key], schema[key], path + ".")
 
@@ -165,13 +166,13 @@ def _coerce(raw: str, current: Any, what: str) -> Any:
             return True
         if lowered in ("false", "0", "no"):
             return False
-        raise ValueError(f"{what} expects a boolean (true/false), got {raw!r}.")
+        raise ConfigError(f"{what} expects a boolean (true/false), got {raw!r}.")
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         if current is None:
             return raw
-        raise ValueError(f"{what} expects a {type(current).__name__}, got {raw!r}.") from None
+        raise ConfigError(f"{what} expects a {type(current).__name__}, got {raw!r}.") from None
     if current is None:
         return value
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -179,7 +180,7 @@ def _coerce(raw: str, current: Any, what: str) -> Any:
     if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
         return type(current)(value)
     if type(value) is not type(current):
-        raise ValueError(f"{what} expects a {type(current).__name__}, got {raw!r}.")
+        raise ConfigError(f"{what} expects a {type(current).__name__}, got {raw!r}.")
     return value
 
 

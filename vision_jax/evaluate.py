@@ -9,6 +9,7 @@ import jax
 from absl import app
 
 from vision_jax import cli, config as config_lib
+from vision_jax.errors import ConfigError, MissingDataError
 
 
 def evaluate(config, workdir: str) -> dict[str, dict[str, float]]:
@@ -18,10 +19,10 @@ def evaluate(config, workdir: str) -> dict[str, dict[str, float]]:
     run = trainer.Run(config, workdir)
     step = run.checkpointer.latest_step()
     if step is None:
-        raise FileNotFoundError(f"No checkpoint in {run.checkpointer.directory}: train first with "
+        raise MissingDataError(f"No checkpoint in {run.checkpointer.directory}: train first with "
                                 f"python -m vision_jax.train --config=... --workdir={workdir}")
     if not run.evaluators:
-        raise ValueError("The config names no evaluators (config.evaluators); add e.g. "
+        raise ConfigError("The config names no evaluators (config.evaluators); add e.g. "
                          "config.evaluators.knn = dict(k=20).")
     state = run.restore_or_init()
     results = run.evaluate(state, with_baselines=True)
@@ -35,7 +36,8 @@ def evaluate(config, workdir: str) -> dict[str, dict[str, float]]:
 
 def main(overrides: list[str]) -> None:
     cli.initialize_processes()
-    evaluate(config_lib.load_config(cli.FLAGS.config, overrides), cli.FLAGS.workdir)
+    with cli.user_errors_as_messages():
+        evaluate(config_lib.load_config(cli.FLAGS.config, overrides), cli.FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from vision_jax.errors import ConfigError
+
 
 def learning_rate_schedule(opt_config, total_steps: int) -> optax.Schedule:
     warmup = opt_config.warmup_steps
@@ -13,7 +15,7 @@ def learning_rate_schedule(opt_config, total_steps: int) -> optax.Schedule:
         return optax.join_schedules(
             [optax.linear_schedule(0.0, opt_config.lr, max(warmup, 1)), optax.constant_schedule(opt_config.lr)],
             [warmup])
-    raise ValueError(f"Unknown schedule {opt_config.schedule!r}; use 'cosine' or 'constant'.")
+    raise ConfigError(f"Unknown schedule {opt_config.schedule!r}; use 'cosine' or 'constant'.")
 
 
 def _decay_mask(params):
@@ -33,7 +35,7 @@ def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation
         optimizer = optax.lars(schedule, weight_decay=wd, weight_decay_mask=_decay_mask,
                                trust_ratio_mask=_decay_mask, momentum=opt_config.momentum)
     else:
-        raise ValueError(f"Unknown optimizer {name!r}; use 'adamw', 'sgd' or 'lars'.")
+        raise ConfigError(f"Unknown optimizer {name!r}; use 'adamw', 'sgd' or 'lars'.")
     if opt_config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), optimizer)
     return optimizer

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vision_jax.errors import ConfigError
+
 FSDP_MIN_SIZE = 2**14  # smaller arrays stay replicated: splitting them costs more than it saves
 
 
@@ -23,7 +25,7 @@ def make_mesh(mesh_config) -> Mesh:
     model = mesh_config.model
     data = mesh_config.data if mesh_config.data != -1 else num_devices // model
     if data * model != num_devices:
-        raise ValueError(f"Mesh data={mesh_config.data} x model={model} does not use the {num_devices} "
+        raise ConfigError(f"Mesh data={mesh_config.data} x model={model} does not use the {num_devices} "
                          f"devices; set config.mesh.data=-1 to take all of them.")
     # Auto axes: XLA propagates shardings through the step (no sharding annotations in model code).
     return jax.make_mesh((data, model), ("data", "model"), devices=jax.devices(),
@@ -33,7 +35,7 @@ def make_mesh(mesh_config) -> Mesh:
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "config.batch_size") -> None:
     data = mesh.shape["data"]
     if batch_size % data or batch_size % jax.process_count():
-        raise ValueError(f"{what}={batch_size} is not divisible by the {data} devices of the mesh's data "
+        raise ConfigError(f"{what}={batch_size} is not divisible by the {data} devices of the mesh's data "
                          f"axis ({jax.process_count()} process(es)); use a multiple of {data}.")
 
 
@@ -48,7 +50,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def state_shardings(abstract_state: Any, mesh: Mesh, mode: str) -> Any:
     """A sharding for every leaf of the (abstract) train state, following `mode`."""
     if mode not in ("replicate", "fsdp"):
-        raise ValueError(f"Unknown sharding mode {mode!r}; use 'replicate' or 'fsdp'.")
+        raise ConfigError(f"Unknown sharding mode {mode!r}; use 'replicate' or 'fsdp'.")
     data = mesh.shape["data"]
 
     def rule(leaf) -> NamedSharding:

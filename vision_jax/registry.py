@@ -10,6 +10,8 @@ import difflib
 import inspect
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
+from vision_jax.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -40,7 +42,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> Callable[..., T]:
         if name not in self._factories:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown {self.kind} {name!r}.{closest(name, self._factories)} "
                 f"Known {self.kind}s: {', '.join(self.names())}."
             )
@@ -66,10 +68,10 @@ def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], what: str, passed_by_f
                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     for key in kwargs:
         if key not in accepted:
-            raise ValueError(
+            raise ConfigError(
                 f"{what} has no option {key!r}.{closest(key, accepted)} "
                 f"Its options are: {', '.join(accepted) or '(none)'}."
             )
     missing = [n for n in accepted if params[n].default is inspect.Parameter.empty and n not in kwargs]
     if missing:
-        raise ValueError(f"{what} needs option(s) {', '.join(missing)}; set them in the config.")
+        raise ConfigError(f"{what} needs option(s) {', '.join(missing)}; set them in the config.")

@@ -11,10 +11,11 @@ from vision_jax import cli, config as config_lib
 
 def main(overrides: list[str]) -> None:
     cli.initialize_processes()
-    config = config_lib.load_config(cli.FLAGS.config, overrides)
-    from vision_jax import trainer  # imported after process setup: importing jax-heavy code is slow
+    with cli.user_errors_as_messages():
+        config = config_lib.load_config(cli.FLAGS.config, overrides)
+        from vision_jax import trainer  # after process setup, and only once the config is known good
 
-    trainer.train(config, cli.FLAGS.workdir)
+        trainer.train(config, cli.FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from flax import nnx
 
 from vision_jax import checkpoint, config as config_lib, optim, parallel
 from vision_jax.data import pipeline
+from vision_jax.errors import ConfigError, TrainingDiverged
 from vision_jax.data.sources import build_source
 from vision_jax.data.views import AUGMENTATIONS
 from vision_jax.evaluators import EVALUATORS
@@ -34,10 +35,6 @@ from vision_jax.methods import METHODS
 from vision_jax.models import MODELS
 
 TrainState = dict[str, Any]
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss or gradients stopped being finite; nothing was saved after the last good state."""
 
 
 def _options(section) -> dict:
@@ -59,7 +56,7 @@ class Run:
         self.evaluators = {name: EVALUATORS.build(name, options.to_dict()) for name, options in config.evaluators.items()}
         for baseline in config.eval_baselines:
             if baseline not in ("random_init", "raw_pixels"):
-                raise ValueError(f"Unknown eval baseline {baseline!r}; use 'random_init' and/or 'raw_pixels'.")
+                raise ConfigError(f"Unknown eval baseline {baseline!r}; use 'random_init' and/or 'raw_pixels'.")
         self._eval_data = None  # built on first use: loading eval splits costs time
 
         model_name, model_options = config.model.name, _options(config.model)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from vision_jax.data.sources import Source
+from vision_jax.errors import ConfigError
 
 # tf.data runs on the host; keep TensorFlow off any accelerator so JAX owns its memory.
 tf.config.set_visible_devices([], "GPU")
@@ -35,7 +36,7 @@ def train_batches(source: Source, augment: Callable, *, global_batch: int, seed:
                   process_index: int = 0, process_count: int = 1, prefetch: int = 2) -> Iterator[dict]:
     """Endless iterator of this process's slice of each global training batch from `start_step`."""
     if global_batch % process_count:
-        raise ValueError(f"Global batch {global_batch} is not divisible by {process_count} processes.")
+        raise ConfigError(f"Global batch {global_batch} is not divisible by {process_count} processes.")
     local_batch = global_batch // process_count
     num_examples = source.num_examples
 
@@ -66,7 +67,7 @@ def eval_batches(source: Source, preprocess: Callable, *, global_batch: int, pro
     Each batch has a 'mask' (1 for real examples, 0 for padding) that evaluators must honour.
     """
     if global_batch % process_count:
-        raise ValueError(f"Global batch {global_batch} is not divisible by {process_count} processes.")
+        raise ConfigError(f"Global batch {global_batch} is not divisible by {process_count} processes.")
     local_batch = global_batch // process_count
     num_examples = source.num_examples
     num_steps = math.ceil(num_examples / global_batch)

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from vision_jax.data.splits import parse_split, slice_bounds
+from vision_jax.errors import ConfigError, DataError, MissingDataError
 from vision_jax.registry import Registry, closest
 
 SOURCES = Registry("data source")
@@ -61,7 +62,7 @@ def digits(split: str, image_size: int, split_seed: int = 0) -> Source:
 
     name, _, _ = parse_split(split)
     if name != "train":
-        raise ValueError(f"digits has one split, 'train' (slice it, e.g. 'train[:80%]'); got {split!r}.")
+        raise ConfigError(f"digits has one split, 'train' (slice it, e.g. 'train[:80%]'); got {split!r}.")
     data = load_digits()
     grey = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
@@ -81,7 +82,7 @@ def image_folder(root: str, split: str, image_size: int, split_seed: int = 0,
     name, _, _ = parse_split(split)
     split_dir = os.path.join(os.path.expanduser(root), name)
     if not os.path.isdir(split_dir):
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"Image folder split {split_dir!r} does not exist: expected images in "
             f"{root}/{name}/<class>/<image>.jpg.")
     classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
@@ -92,7 +93,7 @@ def image_folder(root: str, split: str, image_size: int, split_seed: int = 0,
                 paths.append(os.path.join(split_dir, cls, file))
                 labels.append(label)
     if not paths:
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"Image folder {split_dir!r} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)} "
             f"files in class sub-folders).")
 
@@ -100,7 +101,7 @@ def image_folder(root: str, split: str, image_size: int, split_seed: int = 0,
     bad = [p for p, ok in zip(paths, readable) if not ok]
     if bad:
         if len(bad) > max_bad_fraction * len(paths):
-            raise ValueError(
+            raise DataError(
                 f"{len(bad)} of {len(paths)} images in {split_dir!r} cannot be decoded (first: {bad[0]}), "
                 f"more than max_bad_fraction={max_bad_fraction}. Fix or remove them, or raise "
                 f"config.data.source.max_bad_fraction.")
@@ -159,11 +160,11 @@ def tfds_source(name: str, split: str, image_size: int, data_dir: str | None = N
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         known = tfds.list_builders()
-        raise ValueError(f"tfds has no dataset {name!r}.{closest(name, known)}") from None
+        raise ConfigError(f"tfds has no dataset {name!r}.{closest(name, known)}") from None
     try:
         dataset = builder.as_dataset(split=split, shuffle_files=False)
     except AssertionError as error:  # tfds's way of saying the data is not in data_dir
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"tfds dataset {name!r} is not prepared in data_dir={builder.data_dir_root!r}. Prepare it "
             f"once with: tfds build {name} --data_dir={builder.data_dir_root}  ({error})") from None
     num_classes = builder.info.features[label_key].num_classes
@@ -180,7 +181,7 @@ def tfds_source(name: str, split: str, image_size: int, data_dir: str | None = N
         labels.append(label)
     images, labels = np.concatenate(images), np.concatenate(labels)
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"tfds {name}[{split}] has labels outside [0, {num_classes}).")
+        raise DataError(f"tfds {name}[{split}] has labels outside [0, {num_classes}).")
     return in_memory_source(images, labels, num_classes, f"tfds {name}[{split}]")
 
 

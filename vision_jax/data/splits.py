@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import re
 
+from vision_jax.errors import ConfigError
+
 _SPLIT = re.compile(r"^(?P<name>[\w-]+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
 
 
 def parse_split(split: str) -> tuple[str, str | None, str | None]:
     match = _SPLIT.match(split.replace(" ", ""))
     if not match:
-        raise ValueError(f"Split {split!r} is malformed; write e.g. 'train', 'train[:45000]' or 'train[80%:]'.")
+        raise ConfigError(f"Split {split!r} is malformed; write e.g. 'train', 'train[:45000]' or 'train[80%:]'.")
     return match["name"], match["start"] or None, match["stop"] or None
 
 
@@ -25,5 +27,5 @@ def slice_bounds(split: str, num_examples: int) -> tuple[str, int, int]:
 
     begin, end = resolve(start, 0), resolve(stop, num_examples)
     if end <= begin:
-        raise ValueError(f"Split {split!r} selects no examples out of {num_examples}.")
+        raise ConfigError(f"Split {split!r} selects no examples out of {num_examples}.")
     return name, begin, end
