@@ -25,7 +25,8 @@ import time
 import jax
 import numpy as np
 
-from vision_jax import config as config_lib, parallel, trainer
+from vision_jax import config as config_lib
+from vision_jax import parallel, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(REPO, "..", "shared", "peer", "torch_train_step.py")

@@ -6,7 +6,8 @@ vs 97.8% (raw pixels); linear probe 98.1% vs 96.9% vs 96.7%.
 """
 import pytest
 
-from vision_jax import config as config_lib, trainer
+from vision_jax import config as config_lib
+from vision_jax import trainer
 
 pytestmark = pytest.mark.slow
 

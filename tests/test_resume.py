@@ -10,7 +10,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
 from helpers import REPO, TINY_SIMCLR, run_cli
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import REPO, TINY_SIMCLR, losses, run_cli
 
 pytestmark = pytest.mark.slow
@@ -43,8 +42,9 @@ def test_batch_not_divisible_by_devices_is_refused(tmp_path):
 def test_two_processes_match_one_device(one_device_losses, tmp_path):
     # Two processes joined by jax.distributed (gloo CPU collectives): the multi-host code path.
     # Each feeds its half of every global batch; the global batch, and so the curve, is unchanged.
+    python_first_path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]  # the script runs `python`
     result = subprocess.run(["bash", "launch/multiprocess_cpu.sh", "2", CONFIG, str(tmp_path), *TINY_SIMCLR],
-                            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]),
+                            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), PATH=python_first_path),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "mesh {'data': 2, 'model': 1}" in result.stdout

@@ -8,7 +8,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from vision_jax import checkpoint, config as config_lib, trainer
+from vision_jax import checkpoint, trainer
+from vision_jax import config as config_lib
 
 SMALL = ["data.image_size=16", "model.widths=(8,16,32,32)", "evaluators.linear_probe.steps=20"]
 

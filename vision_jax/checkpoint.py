@@ -33,6 +33,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def should_save(self, step: int) -> bool:
+        return self.manager.should_save(step)
+
     def save(self, step: int, state: Any, signature: dict, force: bool = False) -> bool:
         return self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), signature=ocp.args.JsonSave(signature)), force=force)

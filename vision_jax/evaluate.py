@@ -8,7 +8,8 @@ import os
 import jax
 from absl import app
 
-from vision_jax import cli, config as config_lib
+from vision_jax import cli
+from vision_jax import config as config_lib
 from vision_jax.errors import ConfigError, MissingDataError
 
 

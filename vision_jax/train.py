@@ -6,7 +6,8 @@ Rerunning the same command resumes from the latest checkpoint in --workdir.
 """
 from absl import app
 
-from vision_jax import cli, config as config_lib
+from vision_jax import cli
+from vision_jax import config as config_lib
 
 
 def main(overrides: list[str]) -> None:

@@ -22,11 +22,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vision_jax import checkpoint, config as config_lib, optim, parallel
+from vision_jax import checkpoint, optim, parallel
+from vision_jax import config as config_lib
 from vision_jax.data import pipeline
-from vision_jax.errors import ConfigError, TrainingDiverged
 from vision_jax.data.sources import build_source
 from vision_jax.data.views import AUGMENTATIONS
+from vision_jax.errors import ConfigError, TrainingDiverged
 from vision_jax.evaluators import EVALUATORS
 from vision_jax.evaluators.features import EvalData, Representation
 from vision_jax.evaluators.report import evaluate_all, format_table
@@ -53,7 +54,8 @@ class Run:
         data = config.data
         self.train_source = build_source(data.source, data.train_split, data.image_size)
         self.augment = AUGMENTATIONS.build(data.augment.name, _options(data.augment))
-        self.evaluators = {name: EVALUATORS.build(name, options.to_dict()) for name, options in config.evaluators.items()}
+        self.evaluators = {name: EVALUATORS.build(name, options.to_dict())
+                           for name, options in config.evaluators.items()}
         for baseline in config.eval_baselines:
             if baseline not in ("random_init", "raw_pixels"):
                 raise ConfigError(f"Unknown eval baseline {baseline!r}; use 'random_init' and/or 'raw_pixels'.")
@@ -214,7 +216,7 @@ def train(config, workdir: str) -> dict[str, dict[str, float]]:
             pending.append((done, metrics))
             is_last = done == config.total_steps
             log_now = done % config.log_every == 0 or is_last
-            save_now = run.checkpointer.manager.should_save(done) or is_last
+            save_now = run.checkpointer.should_save(done) or is_last
             eval_now = config.eval_every > 0 and done % config.eval_every == 0 and not is_last
             if not (log_now or save_now or eval_now):
                 continue
@@ -241,7 +243,8 @@ def train(config, workdir: str) -> dict[str, dict[str, float]]:
     results = {}
     if run.evaluators:
         results = run.evaluate(state, with_baselines=True)
-        logger.write(config.total_steps, {f"final/{rep}/{k}": v for rep, row in results.items() for k, v in row.items()})
+        logger.write(config.total_steps,
+                     {f"final/{rep}/{k}": v for rep, row in results.items() for k, v in row.items()})
         logger.info("\n" + format_table(results, run.results_caption(config.total_steps)))
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "results.json"), "w") as f:

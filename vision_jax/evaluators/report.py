@@ -4,7 +4,8 @@ from __future__ import annotations
 from vision_jax.evaluators.features import EvalData, Representation
 
 
-def evaluate_all(evaluators: dict, representations: list[Representation], data: EvalData) -> dict[str, dict[str, float]]:
+def evaluate_all(evaluators: dict, representations: list[Representation],
+                 data: EvalData) -> dict[str, dict[str, float]]:
     """{representation name: {'<evaluator>/<metric>': value}}."""
     results = {}
     for representation in representations:
