@@ -254,4 +254,5 @@ def test_cli_rejects_a_misspelt_override(tmp_path):
     assert result.returncode != 0
     assert "optimizer.lrr" in result.stderr
     assert "Did you mean 'lr'" in result.stderr
+    assert "Traceback" not in result.stderr  # an input mistake is a message, not a stack trace
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())  # nothing was started

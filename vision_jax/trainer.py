@@ -10,7 +10,6 @@ statistics), opt_state and rng (raw key data).
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -62,10 +61,9 @@ class Run:
         self._eval_data = None  # built on first use: loading eval splits costs time
 
         model_name, model_options = config.model.name, _options(config.model)
-        MODELS.get(model_name)  # fail early on an unknown name
-        make_encoder = functools.partial(MODELS.build, model_name, model_options)
+        MODELS.get(model_name)  # fail early on an unknown name, before building the method
         self.method = METHODS.build(config.method.name, _options(config.method),
-                                    make_encoder=lambda rngs: make_encoder(rngs=rngs),
+                                    make_encoder=lambda rngs: MODELS.build(model_name, model_options, rngs=rngs),
                                     num_classes=self.train_source.num_classes)
         self.tx = optim.make_optimizer(config.optimizer, config.total_steps)
         self.schedule = optim.learning_rate_schedule(config.optimizer, config.total_steps)
