@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import warnings
 from typing import Callable
@@ -85,6 +86,22 @@ def image_folder(root: str, split: str, image_size: int, split_seed: int = 0,
         raise MissingDataError(
             f"Image folder split {split_dir!r} does not exist: expected images in "
             f"{root}/{name}/<class>/<image>.jpg.")
+    paths, labels, num_classes = _list_readable_images(split_dir, max_bad_fraction)
+    index = _seeded_slice(split, len(paths), split_seed)
+    paths_t = tf.constant(np.asarray(paths)[index])
+    labels_t = tf.constant(np.asarray(labels, np.int32)[index])
+
+    def load(i):
+        image = _decode(tf.io.read_file(tf.gather(paths_t, i)))
+        return {"image": _resize(image, image_size), "label": tf.gather(labels_t, i)}
+
+    return Source(len(index), num_classes, load, f"image_folder {root} {split}")
+
+
+# Cached: the train split and the evaluation splits of one folder share a single decoding pass.
+@functools.lru_cache(maxsize=4)
+def _list_readable_images(split_dir: str, max_bad_fraction: float) -> tuple[list[str], list[int], int]:
+    """(paths, labels, number of classes) of the decodable images under `split_dir`/<class>/."""
     classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
     paths, labels = [], []
     for label, cls in enumerate(classes):
@@ -106,18 +123,8 @@ def image_folder(root: str, split: str, image_size: int, split_seed: int = 0,
                 f"more than max_bad_fraction={max_bad_fraction}. Fix or remove them, or raise "
                 f"config.data.source.max_bad_fraction.")
         warnings.warn(f"Skipping {len(bad)} unreadable image(s) in {split_dir!r}; first: {bad[0]}")
-    paths = [p for p, ok in zip(paths, readable) if ok]
-    labels = [lab for lab, ok in zip(labels, readable) if ok]
-
-    index = _seeded_slice(split, len(paths), split_seed)
-    paths_t = tf.constant(np.asarray(paths)[index])
-    labels_t = tf.constant(np.asarray(labels, np.int32)[index])
-
-    def load(i):
-        image = _decode(tf.io.read_file(tf.gather(paths_t, i)))
-        return {"image": _resize(image, image_size), "label": tf.gather(labels_t, i)}
-
-    return Source(len(index), len(classes), load, f"image_folder {root} {split}")
+    return ([p for p, ok in zip(paths, readable) if ok], [lab for lab, ok in zip(labels, readable) if ok],
+            len(classes))
 
 
 def _decode(data: tf.Tensor) -> tf.Tensor:
