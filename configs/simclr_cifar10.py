@@ -51,7 +51,7 @@ def get_config(arg=None):
     c.data.augment.jitter_strength = 0.5
 
     c.evaluators.knn = dict(k=200, temperature=0.1)
-    c.evaluators.linear_probe = dict(steps=1000, lr=0.01, weight_decay=1e-4)
+    c.evaluators.linear_probe = dict(epochs=30, batch_size=256, lr=0.01, weight_decay=1e-4)
     c.checkpoint.every_steps = 1000
 
     if arg.cpu_budget:  # small CNN for a fixed number of steps: about 15 minutes on 2 CPU cores
@@ -70,5 +70,5 @@ def get_config(arg=None):
     if arg.runlocal:
         c.total_steps, c.batch_size, c.log_every, c.eval_every = 4, 16, 2, 0
         c.checkpoint.every_steps = 2
-        c.evaluators.linear_probe.steps = 20
+        c.evaluators.linear_probe.epochs = 2
     return c

@@ -40,7 +40,7 @@ def get_config(arg=None):
     c.data.augment.jitter_strength = 0.5
 
     c.evaluators.knn = dict(k=20, temperature=0.07)
-    c.evaluators.linear_probe = dict(steps=1000, lr=0.01, weight_decay=1e-4)
+    c.evaluators.linear_probe = dict(epochs=30, batch_size=256, lr=0.01, weight_decay=1e-4)
     c.checkpoint.every_steps = 200
 
     if arg.runlocal:  # a smoke test of the whole path in seconds
@@ -48,5 +48,5 @@ def get_config(arg=None):
         c.batch_size = 32
         c.log_every = 5
         c.checkpoint.every_steps = 5
-        c.evaluators.linear_probe.steps = 50
+        c.evaluators.linear_probe.epochs = 5
     return c

@@ -28,10 +28,10 @@ def get_config(arg=None):
     c.data.augment.flip = False
     c.evaluators.classification = dict()
     c.evaluators.knn = dict(k=20, temperature=0.07)
-    c.evaluators.linear_probe = dict(steps=1000)
+    c.evaluators.linear_probe = dict(epochs=30)
     c.checkpoint.every_steps = 100
     if arg.runlocal:
         c.total_steps, c.batch_size, c.log_every = 6, 32, 3
         c.checkpoint.every_steps = 3
-        c.evaluators.linear_probe.steps = 50
+        c.evaluators.linear_probe.epochs = 5
     return c

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_SIMCLR = [
     "--config.data.image_size=16", "--config.model.widths=(8,16,32,32)",
     "--config.method.projection_hidden_dim=32", "--config.method.projection_dim=16",
-    "--config.evaluators.linear_probe.steps=20", "--config.log_every=1",
+    "--config.evaluators.linear_probe.epochs=3", "--config.log_every=1",
 ]
 
 

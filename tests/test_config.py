@@ -40,7 +40,7 @@ def test_runlocal_shrinks_the_run():
     full, local = load_config(RECIPE), load_config(RECIPE + ":runlocal")
     assert local.total_steps < full.total_steps
     assert local.batch_size < full.batch_size
-    assert local.evaluators.linear_probe.steps < full.evaluators.linear_probe.steps
+    assert local.evaluators.linear_probe.epochs < full.evaluators.linear_probe.epochs
 
 
 def test_recipe_argument_sets_an_int():
@@ -215,8 +215,8 @@ def test_method_registry_errors():
 def test_evaluator_registry_errors():
     with pytest.raises(ValueError, match=r"Unknown evaluator 'knnn'\. Did you mean 'knn'.*Known evaluators: .*linear_probe"):
         EVALUATORS.build("knnn", {})
-    with pytest.raises(ValueError, match=r"evaluator 'linear_probe' has no option 'step'\. Did you mean 'steps'"):
-        EVALUATORS.build("linear_probe", {"step": 10})
+    with pytest.raises(ValueError, match=r"evaluator 'linear_probe' has no option 'epoch'\. Did you mean 'epochs'"):
+        EVALUATORS.build("linear_probe", {"epoch": 10})
 
 
 def test_source_registry_errors():

@@ -11,7 +11,7 @@ import pytest
 from vision_jax import checkpoint, trainer
 from vision_jax import config as config_lib
 
-SMALL = ["data.image_size=16", "model.widths=(8,16,32,32)", "evaluators.linear_probe.steps=20"]
+SMALL = ["data.image_size=16", "model.widths=(8,16,32,32)", "evaluators.linear_probe.epochs=3"]
 
 
 def supervised_config(*overrides):
