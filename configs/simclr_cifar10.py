@@ -57,7 +57,7 @@ def get_config(arg=None):
     if arg.cpu_budget:  # small CNN for a fixed number of steps: about 15 minutes on 2 CPU cores
         c.model = dict(name="cnn", widths=(16, 32, 64, 128))
         c.batch_size = 256
-        c.total_steps = 1500
+        c.total_steps = 900
         c.eval_every = 0
         c.log_every = 50
         c.checkpoint.every_steps = 250
