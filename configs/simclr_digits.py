@@ -1,4 +1,4 @@
-r"""SimCLR on scikit-learn's digits with the small CNN: the main job, no download, ~2 min on 2 CPU cores.
+r"""SimCLR on scikit-learn's digits with the small CNN: the main job, no download, ~4 min on 2 CPU cores.
 
     python -m vision_jax.train --config=configs/simclr_digits.py --workdir=/tmp/vj/simclr_digits
     python -m vision_jax.train --config=configs/simclr_digits.py:runlocal --workdir=/tmp/vj/smoke
