@@ -1,1 +1,4 @@
-"""vision_jax: vision pretraining in JAX. Entry points: `python -m vision_jax.train` and `python -m vision_jax.evaluate`."""
+"""vision_jax: vision pretraining in JAX.
+
+Entry points: `python -m vision_jax.train` and `python -m vision_jax.evaluate`.
+"""

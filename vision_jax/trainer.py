@@ -203,7 +203,8 @@ def train(config, workdir: str) -> dict[str, dict[str, float]]:
     batches = pipeline.train_batches(run.train_source, run.augment, global_batch=config.batch_size,
                                      seed=config.seed, start_step=start, process_index=jax.process_index(),
                                      process_count=jax.process_count(), prefetch=config.data.prefetch)
-    pending: list[tuple[int, dict]] = []
+    pending: list[tuple[int, dict]] = []  # dispatched steps whose metrics are not fetched yet
+    since_log: list[dict] = []  # fetched metrics of the steps since the last log line
     last_saved = run.checkpointer.latest_step()
     timer_step, timer_start = start, time.perf_counter()
     try:
@@ -218,11 +219,13 @@ def train(config, workdir: str) -> dict[str, dict[str, float]]:
             eval_now = config.eval_every > 0 and done % config.eval_every == 0 and not is_last
             if not (log_now or save_now or eval_now):
                 continue
-            fetched = _check_finite(pending, last_saved, workdir)
+            since_log += _check_finite(pending, last_saved, workdir)
             pending = []
             if log_now:
                 seconds_per_step = (time.perf_counter() - timer_start) / (done - timer_step)
-                summary = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[-1] if k != "finite"}
+                summary = {f"train/{k}": float(np.mean([m[k] for m in since_log]))
+                           for k in since_log[-1] if k != "finite"}
+                since_log = []
                 summary["train/images_per_s"] = config.batch_size / seconds_per_step
                 logger.write(done, summary)
                 logger.progress(done, summary["train/loss"], summary["train/images_per_s"], seconds_per_step)
