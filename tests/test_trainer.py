@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from vision_jax import checkpoint, trainer
+from vision_jax import checkpoint, evaluate, trainer
 from vision_jax import config as config_lib
 
 SMALL = ["data.image_size=16", "model.widths=(8,16,32,32)", "evaluators.linear_probe.epochs=3"]
@@ -73,3 +73,14 @@ def test_supervised_classifier_beats_chance_on_held_out_digits(tmp_path):
     assert {"train/loss", "train/images_per_s", "train/learning_rate"} <= set(records[0])
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
     assert json.loads((tmp_path / "config.json").read_text())["method"]["name"] == "supervised"
+
+
+def test_final_results_reproduce_in_evaluate_after_mid_run_evaluations(tmp_path):
+    # The mid-run evaluation at step 2 must not leak (e.g. cached features) into the final table:
+    # evaluating the final checkpoint afresh gives the same numbers, for every row.
+    config = supervised_config("eval_every=2", "total_steps=6")
+    trained = trainer.train(config, str(tmp_path))
+    assert trained == evaluate.evaluate(supervised_config("eval_every=2", "total_steps=6"), str(tmp_path))
+    assert set(trained) == {"supervised", "random_init", "raw_pixels"}
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["step"] == 2 and "eval/knn/top1" in r for r in records)

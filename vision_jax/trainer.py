@@ -10,6 +10,7 @@ statistics), opt_state and rng (raw key data).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -58,7 +59,6 @@ class Run:
         for baseline in config.eval_baselines:
             if baseline not in ("random_init", "raw_pixels"):
                 raise ConfigError(f"Unknown eval baseline {baseline!r}; use 'random_init' and/or 'raw_pixels'.")
-        self._eval_data = None  # built on first use: loading eval splits costs time
 
         model_name, model_options = config.model.name, _options(config.model)
         MODELS.get(model_name)  # fail early on an unknown name, before building the method
@@ -127,26 +127,30 @@ class Run:
 
     # --- evaluation --------------------------------------------------------------------------
 
-    @property
-    def eval_data(self) -> EvalData:
-        if self._eval_data is None:
-            data = self.config.data
-            sources = {"train": build_source(data.source, data.eval_train_split, data.image_size),
-                       "test": build_source(data.source, data.eval_test_split, data.image_size)}
-            self._eval_data = EvalData(sources, AUGMENTATIONS.build("none"), self.mesh, self.eval_batch_size)
-        return self._eval_data
+    @functools.cached_property
+    def eval_sources(self) -> dict:
+        """The evaluation splits, built on first use (loading them costs time)."""
+        data = self.config.data
+        return {"train": build_source(data.source, data.eval_train_split, data.image_size),
+                "test": build_source(data.source, data.eval_test_split, data.image_size)}
 
-    def representation(self, name: str, state: TrainState) -> Representation:
-        params, model_state = state["params"], state["model_state"]
-
-        @jax.jit
-        def features(images):
+    @functools.cached_property
+    def _apply_fns(self):
+        # Parameters are arguments, not closed-over constants: one compilation serves every
+        # evaluation, and the weights are never baked into the program.
+        def features(params, model_state, images):
             return self.method.features(nnx.merge(self.graphdef, params, model_state), images)
 
-        logits = None
-        if hasattr(self.method, "predict"):
-            logits = jax.jit(lambda images: self.method.predict(nnx.merge(self.graphdef, params, model_state), images))
-        return Representation(name, features, logits)
+        def logits(params, model_state, images):
+            return self.method.predict(nnx.merge(self.graphdef, params, model_state), images)
+
+        return jax.jit(features), jax.jit(logits) if hasattr(self.method, "predict") else None
+
+    def representation(self, name: str, state: TrainState) -> Representation:
+        features_fn, logits_fn = self._apply_fns
+        weights = (state["params"], state["model_state"])
+        return Representation(name, lambda images: features_fn(*weights, images),
+                              None if logits_fn is None else lambda images: logits_fn(*weights, images))
 
     def evaluate(self, state: TrainState, with_baselines: bool) -> dict[str, dict[str, float]]:
         representations = [self.representation(self.config.method.name, state)]
@@ -154,14 +158,16 @@ class Run:
             representations.append(self.representation("random_init", self.init_state()))
         if with_baselines and "raw_pixels" in self.config.eval_baselines:
             representations.append(Representation("raw_pixels", jax.jit(lambda x: x.reshape(x.shape[0], -1))))
-        return evaluate_all(self.evaluators, representations, self.eval_data)
+        # A fresh EvalData per call: its feature cache must never outlive the state it was computed from.
+        data = EvalData(self.eval_sources, AUGMENTATIONS.build("none"), self.mesh, self.eval_batch_size)
+        return evaluate_all(self.evaluators, representations, data)
 
     def results_caption(self, step: int) -> str:
-        c, data = self.config, self.eval_data
+        c, fit, scored = self.config, self.eval_sources["train"], self.eval_sources["test"]
         return (f"Results at step {step}/{c.total_steps} (seed {c.seed}, global batch {c.batch_size}): "
                 f"{c.method.name} pretrained on {self.train_source.description}; probes fit on "
-                f"{data.sources['train'].description} ({data.sources['train'].num_examples} examples), "
-                f"scored on held-out {data.sources['test'].description} ({data.sources['test'].num_examples}). "
+                f"{fit.description} ({fit.num_examples} examples), "
+                f"scored on held-out {scored.description} ({scored.num_examples}). "
                 f"Accuracy in %.")
 
 
