@@ -70,5 +70,7 @@ def get_config(arg=None):
     if arg.runlocal:
         c.total_steps, c.batch_size, c.log_every, c.eval_every = 4, 16, 2, 0
         c.checkpoint.every_steps = 2
+        c.data.eval_train_split = "train[:1000]"  # ResNet-18 features of 50,000 images take long on CPU
+        c.data.eval_test_split = f"train[{TRAIN_EXAMPLES}:{TRAIN_EXAMPLES + 500}]"
         c.evaluators.linear_probe.epochs = 2
     return c
