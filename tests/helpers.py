@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orbax.checkpoint as ocp
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A SimCLR digits run shrunk to seconds: tiny CNN on 16px images.
@@ -32,3 +34,18 @@ def losses(workdir) -> dict[int, float]:
     """Per-step training loss from a workdir's metrics.jsonl (needs log_every=1)."""
     records = [json.loads(line) for line in Path(workdir, "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    steps = sorted(manager.all_steps())
+    manager.close()
+    return steps
+
+
+def saved_state(workdir, step: int) -> dict:
+    """The train state saved at `step` in a workdir, as host arrays."""
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "signature"))
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    manager.close()
+    return state

@@ -8,9 +8,8 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from helpers import REPO, TINY_SIMCLR, run_cli
+from helpers import REPO, TINY_SIMCLR, checkpoint_steps, run_cli, saved_state
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/simclr_digits.py:runlocal"
@@ -18,11 +17,8 @@ OVERRIDES = [*TINY_SIMCLR, "--config.total_steps=30", "--config.checkpoint.every
 
 
 def final_state(workdir, step=30):
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "signature"))
-    assert manager.latest_step() == step
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    manager.close()
-    return state
+    assert checkpoint_steps(workdir)[-1] == step
+    return saved_state(workdir, step)
 
 
 def kill_at_step(workdir, kill_step: int) -> None:
@@ -45,20 +41,18 @@ def test_killed_run_resumes_bitwise(tmp_path):
     resumed = tmp_path / "resumed"
     kill_step = int(np.random.default_rng().integers(5, 22))  # after the first checkpoint, mid-run
     kill_at_step(resumed, kill_step)
-    manager = ocp.CheckpointManager(os.path.join(resumed, "checkpoints"))
-    latest = manager.latest_step()
-    manager.close()
+    steps = checkpoint_steps(resumed)
+    latest = steps[-1] if steps else None
     assert latest is not None and latest < 30, f"killed at step {kill_step}, latest checkpoint {latest}"
     second = run_cli("vision_jax.train", CONFIG, resumed, *OVERRIDES)
     assert f"resuming from step {latest}" in second.stdout
 
     expected, actual = final_state(uninterrupted), final_state(resumed)
     assert jax.tree.structure(expected) == jax.tree.structure(actual)
-    for path, a in jax.tree_util.tree_leaves_with_path(expected):
-        b = actual
-        for key in path:
-            b = b[key.key] if hasattr(key, "key") else b[key.idx]
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{jax.tree_util.keystr(path)} (killed at {kill_step})")
+    jax.tree_util.tree_map_with_path(
+        lambda path, a, b: np.testing.assert_array_equal(
+            np.asarray(a), np.asarray(b), err_msg=f"{jax.tree_util.keystr(path)} (killed at {kill_step})"),
+        expected, actual)
 
     # The same command on the finished workdir evaluates the latest checkpoint.
     evaluated = run_cli("vision_jax.evaluate", CONFIG, resumed, *OVERRIDES)

@@ -5,8 +5,8 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from helpers import checkpoint_steps, saved_state
 
 from vision_jax import checkpoint, evaluate, trainer
 from vision_jax import config as config_lib
@@ -16,13 +16,6 @@ SMALL = ["data.image_size=16", "model.widths=(8,16,32,32)", "evaluators.linear_p
 
 def supervised_config(*overrides):
     return config_lib.load_config("configs/supervised_digits.py:runlocal", [*SMALL, *overrides])
-
-
-def checkpoint_steps(workdir):
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-    steps = manager.all_steps()
-    manager.close()
-    return sorted(steps)
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
@@ -39,9 +32,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
         assert "none was saved" in message
         return
     assert f"last good checkpoint: step {max(saved)}" in message
-    manager = ocp.CheckpointManager(os.path.join(tmp_path, "checkpoints"), item_names=("state", "signature"))
-    state = manager.restore(max(saved), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    manager.close()
+    state = saved_state(tmp_path, max(saved))
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state["params"]))
 
 

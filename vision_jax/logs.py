@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+import tensorflow as tf  # the event-file writer; tf is already the input pipeline's
 
 
 def _format_duration(seconds: float) -> str:
@@ -24,8 +25,6 @@ class MetricLogger:
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self._tensorboard = None
         if self.enabled:
-            import tensorflow as tf  # the event-file writer; tf is already the input pipeline's
-
             self._tensorboard = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -35,8 +34,6 @@ class MetricLogger:
         record = {"step": step, "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
         with open(self.jsonl_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        import tensorflow as tf
-
         with self._tensorboard.as_default(step=step):
             for key, value in metrics.items():
                 tf.summary.scalar(key, float(value))

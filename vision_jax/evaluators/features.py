@@ -25,7 +25,8 @@ class Representation:
 class EvalData:
     """The evaluation splits: `train` (what probes fit) and `test` (held out, what they score).
 
-    Features are extracted once per (representation, split) and cached.
+    Features are extracted once per (representation name, split) and cached, so an EvalData
+    lives for one evaluation only: the next evaluation's weights differ under the same name.
     """
 
     def __init__(self, sources: dict[str, Source], preprocess: Callable, mesh, global_batch: int):

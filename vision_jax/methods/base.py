@@ -28,7 +28,8 @@ class Method(abc.ABC):
 
     @abc.abstractmethod
     def loss(self, model: nnx.Module, batch: dict[str, Any], rng: jax.Array) -> tuple[jax.Array, Metrics]:
-        """Scalar loss and metrics for one global batch."""
+        """Scalar loss and metrics for one global batch; metrics must include 'loss' (logged, and
+        checked for non-finite values by the trainer)."""
 
     def features(self, model: nnx.Module, images: jax.Array) -> jax.Array:
         """Frozen representation for evaluation: the encoder's pooled features."""
