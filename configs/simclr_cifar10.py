@@ -1,24 +1,29 @@
 r"""SimCLR on CIFAR-10 (image folder), ResNet-18 with the CIFAR stem: the usual CIFAR recipe.
 
-Get the images as an image folder first (here, the shared CIFAR-10 training JPEGs):
-    unzip -q ../shared/data/cifar10/cifar10_train_jpeg.zip -d /tmp/cifar10
-
-    python -m vision_jax.train --config=configs/simclr_cifar10.py:data_root=/tmp/cifar10 --workdir=/tmp/vj/simclr_cifar10
+`data_root` is an image folder `<root>/train/<class>/*.jpg` or a zip archive with that layout;
+it defaults to the shared CIFAR-10 training JPEGs beside this repository, read straight from
+the zip (no extraction step):
+    python -m vision_jax.train --config=configs/simclr_cifar10.py --workdir=/tmp/vj/simclr_cifar10
     # A CPU budget (small CNN, 900 steps, ~20 min on 2 cores including evaluation):
-    python -m vision_jax.train --config=configs/simclr_cifar10.py:data_root=/tmp/cifar10,cpu_budget --workdir=/tmp/vj/simclr_cifar10_cpu
-    # Smoke test:
-    python -m vision_jax.train --config=configs/simclr_cifar10.py:data_root=/tmp/cifar10,runlocal --workdir=/tmp/vj/smoke
+    python -m vision_jax.train --config=configs/simclr_cifar10.py:cpu_budget --workdir=/tmp/vj/simclr_cifar10_cpu
+    # Smoke test; another copy of the images:
+    python -m vision_jax.train --config=configs/simclr_cifar10.py:runlocal,data_root=/tmp/cifar10 --workdir=/tmp/vj/smoke
 
 Only the training split is given, so 45,000 images (a seeded permutation of the sorted listing)
 train and the other 5,000 are held out for the kNN and linear-probe scores.
 """
+import os
+
 from vision_jax.config import default_config, parse_arg
+
+SHARED_ZIP = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10",
+                          "cifar10_train_jpeg.zip")
 
 TRAIN_EXAMPLES = 45_000
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, data_root="/tmp/cifar10", runlocal=False, cpu_budget=False, epochs=800, seed=0)
+    arg = parse_arg(arg, on_device=False, data_root=os.path.normpath(SHARED_ZIP), runlocal=False, cpu_budget=False, epochs=800, seed=0)
     c = default_config()
     c.seed = arg.seed
     c.batch_size = 512
@@ -49,6 +54,10 @@ def get_config(arg=None):
     c.data.augment.name = "simclr"
     c.data.augment.crop_scale = (0.08, 1.0)
     c.data.augment.jitter_strength = 0.5
+
+    if arg.on_device:  # the same views, made by jitted JAX ops on the accelerators (data/device_augment.py)
+        c.data.device_augment = dict(c.data.augment, name="simclr")
+        c.data.augment = dict(name="none")
 
     c.evaluators.knn = dict(k=200, temperature=0.1)
     c.evaluators.linear_probe = dict(epochs=30, batch_size=256, lr=0.01, weight_decay=1e-4)

@@ -10,7 +10,7 @@ from vision_jax.config import default_config, parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, runlocal=False, steps=800, seed=0)
+    arg = parse_arg(arg, on_device=False, runlocal=False, steps=800, seed=0)
     c = default_config()
     c.seed = arg.seed
     c.total_steps = arg.steps
@@ -38,6 +38,10 @@ def get_config(arg=None):
     c.data.augment.crop_scale = (0.3, 1.0)
     c.data.augment.flip = False  # a mirrored digit is often another digit (or none)
     c.data.augment.jitter_strength = 0.5
+
+    if arg.on_device:  # the same views, made by jitted JAX ops on the accelerators (data/device_augment.py)
+        c.data.device_augment = dict(c.data.augment, name="simclr")
+        c.data.augment = dict(name="none")
 
     c.evaluators.knn = dict(k=20, temperature=0.07)
     c.evaluators.linear_probe = dict(epochs=30, batch_size=256, lr=0.01, weight_decay=1e-4)

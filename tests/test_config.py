@@ -159,9 +159,12 @@ def test_free_form_sections_accept_any_keys():
     config.method.some_option = "x"
     config.data.source.root = "/somewhere"
     config.data.augment.strength = 0.3
+    config.data.device_augment.strength = 0.3
+    config.data.eval_augment.size = 224
     config.evaluators.made_up = dict(a=1)
     validate(config)  # the registry checks these keys when the named factory is built
-    assert set(config_lib.FREE_FORM_SECTIONS) == {"model", "method", "data.source", "data.augment", "evaluators"}
+    assert set(config_lib.FREE_FORM_SECTIONS) == {"model", "method", "data.source", "data.augment",
+                                                  "data.device_augment", "data.eval_augment", "evaluators"}
 
 
 def test_a_recipe_with_a_misspelt_key_fails_to_load(tmp_path):
@@ -220,7 +223,7 @@ def test_evaluator_registry_errors():
 
 
 def test_source_registry_errors():
-    with pytest.raises(ValueError, match=r"Unknown data source 'digitz'\. Did you mean 'digits'.*Known data sources: digits, image_folder, tfds"):
+    with pytest.raises(ValueError, match=r"Unknown data source 'digitz'\. Did you mean 'digits'.*Known data sources: arrays, digits, image_folder, tfds"):
         SOURCES.build("digitz", {}, split="train", image_size=8)
     with pytest.raises(ValueError, match=r"data source 'digits' has no option 'split_sed'\. Did you mean 'split_seed'"):
         SOURCES.build("digits", {"split_sed": 1}, split="train", image_size=8)

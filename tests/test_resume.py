@@ -1,6 +1,7 @@
 """Killing a run with SIGKILL and rerunning the same command ends bitwise where an uninterrupted
 run ends: the checkpoint holds everything (params, optimizer, BatchNorm statistics, step, RNG) and
 the input order is a function of (seed, step)."""
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, TINY_SIMCLR, checkpoint_steps, run_cli, saved_state
+from helpers import REPO, TINY_SIMCLR, checkpoint_steps, losses, run_cli, saved_state
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/simclr_digits.py:runlocal"
@@ -46,6 +47,12 @@ def test_killed_run_resumes_bitwise(tmp_path):
     assert latest is not None and latest < 30, f"killed at step {kill_step}, latest checkpoint {latest}"
     second = run_cli("vision_jax.train", CONFIG, resumed, *OVERRIDES)
     assert f"resuming from step {latest}" in second.stdout
+    # Steps between the checkpoint and the kill ran twice; the log keeps each step once, and
+    # the resumed run's losses equal the uninterrupted run's.
+    records = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["step"] for r in records if "train/loss" in r]
+    assert logged == sorted(set(logged)) and logged[-1] == 30
+    assert losses(resumed) == losses(uninterrupted)
 
     expected, actual = final_state(uninterrupted), final_state(resumed)
     assert jax.tree.structure(expected) == jax.tree.structure(actual)

@@ -24,7 +24,8 @@ from vision_jax.registry import closest
 ConfigDict = ml_collections.ConfigDict
 
 # Sections whose keys are the keyword arguments of a named factory (checked by the registry).
-FREE_FORM_SECTIONS = ("model", "method", "data.source", "data.augment", "evaluators")
+FREE_FORM_SECTIONS = ("model", "method", "data.source", "data.augment", "data.device_augment",
+                      "data.eval_augment", "evaluators")
 
 
 def default_config() -> ConfigDict:
@@ -37,6 +38,8 @@ def default_config() -> ConfigDict:
     c.eval_every = 0  # 0: run the evaluators only at the end of training
 
     c.model = ConfigDict({"name": "cnn"})
+    # timm weights (.safetensors) the encoder starts from ('' = random init); models/pretrained.py.
+    c.pretrained = ""
     c.method = ConfigDict({"name": "supervised"})
 
     c.optimizer = ConfigDict()
@@ -54,7 +57,12 @@ def default_config() -> ConfigDict:
     c.data.eval_train_split = "train[:80%]"  # what kNN and the linear probe fit on
     c.data.eval_test_split = "train[80%:]"  # what they are scored on (held out)
     c.data.image_size = 32
-    c.data.augment = ConfigDict({"name": "none"})
+    c.data.augment = ConfigDict({"name": "none"})  # host (tf.data) views, vision_jax/data/views.py
+    # Optional jitted augmentation of the sharded batch on the accelerators (name '' = none), for
+    # when the host cannot keep up; then `augment` is usually 'none' (decode and scale only).
+    c.data.device_augment = ConfigDict({"name": ""})
+    c.data.batch_pp = ""  # batch-level host ops after batching, e.g. "mixup(0.2)" (pp.parse_batch)
+    c.data.eval_augment = ConfigDict({"name": "none"})  # preprocessing for the evaluators' splits
     c.data.eval_batch_size = 512
     c.data.prefetch = 2
 
@@ -71,7 +79,15 @@ def default_config() -> ConfigDict:
     c.mesh = ConfigDict()
     c.mesh.data = -1  # -1: all devices not used by other axes
     c.mesh.model = 1
-    c.sharding = "replicate"  # replicate | fsdp (parameters and optimizer state split over 'data')
+    # Rule set mapping parameters' logical axis names onto the mesh (parallel.RULE_SETS):
+    # replicate | fsdp | tensor_parallel | fsdp_tp.
+    c.sharding = "replicate"
+
+    c.precision = ConfigDict()
+    # Compute dtype of the model: 'auto' is bfloat16 on GPU/TPU and float32 on CPU (where bf16
+    # matmuls are emulated and slower). Normalization statistics, softmax and losses stay float32.
+    c.precision.compute = "auto"
+    c.precision.params = "float32"  # storage dtype of parameters and optimizer state
     return c
 
 

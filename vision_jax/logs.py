@@ -27,6 +27,17 @@ class MetricLogger:
         if self.enabled:
             self._tensorboard = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
+    def forget_after(self, step: int) -> None:
+        """Drops JSONL records past `step`: a resumed run rewrites the steps after its checkpoint,
+        and each step must appear once (TensorBoard shows the newest event file's values)."""
+        if not self.enabled or not os.path.exists(self.jsonl_path):
+            return
+        with open(self.jsonl_path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(self.jsonl_path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(self.jsonl_path + ".tmp", self.jsonl_path)
+
     def write(self, step: int, metrics: dict[str, float]) -> None:
         """Appends one JSONL record and TensorBoard scalars (keys like 'train/loss')."""
         if not self.enabled:

@@ -1,24 +1,41 @@
 """Device mesh and sharding rules: every array's placement comes from here.
 
-The mesh has axes ('data', 'model'). Batches are split over 'data'. Parameters and optimizer
-state follow `config.sharding`:
+The mesh has axes ('data', 'model'). Batches are split over 'data'. Parameters carry logical
+axis names (vision_jax/models/axes.py); `config.sharding` names a rule set in RULE_SETS that maps
+those names onto mesh axes:
   - 'replicate': a full copy on every device (data parallelism);
-  - 'fsdp': each array of at least FSDP_MIN_SIZE elements is split over 'data' along its largest
-    dimension that the axis size divides (parameters and optimizer state alike); XLA inserts the
-    all-gathers. Tensor-parallel rules over 'model' will slot in here as more rules.
+  - 'fsdp': the model-width dimension of every weight (EMBED, CONV_OUT) split over 'data', so
+    parameters and optimizer state are spread over the data-parallel devices (XLA all-gathers
+    them for the forward pass and reduce-scatters the gradients);
+  - 'tensor_parallel': ViT attention heads and MLP hidden units split over 'model' (Megatron
+    style: one all-reduce after attention and one after the MLP);
+  - 'fsdp_tp': both.
+A dimension is split only if the mesh axis size divides it, and arrays smaller than
+MIN_SHARDED_SIZE stay replicated. Optimizer-state leaves take the sharding of the parameter they
+mirror; everything else (step, rng, BatchNorm statistics) is replicated.
 """
 from __future__ import annotations
 
-from typing import Any
+import collections
+from typing import Any, Iterator
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vision_jax.models import axes
 from vision_jax.errors import ConfigError
 
-FSDP_MIN_SIZE = 2**14  # smaller arrays stay replicated: splitting them costs more than it saves
+MIN_SHARDED_SIZE = 2**14  # smaller arrays stay replicated: splitting them costs more than it saves
+
+# logical axis name -> mesh axis; names not listed stay unsplit.
+RULE_SETS: dict[str, dict[str, str]] = {
+    "replicate": {},
+    "fsdp": {axes.EMBED: "data", axes.CONV_OUT: "data"},
+    "tensor_parallel": {axes.HEADS: "model", axes.MLP: "model"},
+    "fsdp_tp": {axes.EMBED: "data", axes.CONV_OUT: "data", axes.HEADS: "model", axes.MLP: "model"},
+}
 
 
 def make_mesh(mesh_config) -> Mesh:
@@ -48,24 +65,91 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, mode: str) -> Any:
-    """A sharding for every leaf of the (abstract) train state, following `mode`."""
-    if mode not in ("replicate", "fsdp"):
-        raise ConfigError(f"Unknown sharding mode {mode!r}; use 'replicate' or 'fsdp'.")
-    data = mesh.shape["data"]
+def rules_for(name: str) -> dict[str, str]:
+    if name not in RULE_SETS:
+        raise ConfigError(f"Unknown sharding rule set {name!r}; choose one of {', '.join(RULE_SETS)} "
+                          f"(config.sharding).")
+    return RULE_SETS[name]
 
-    def rule(leaf) -> NamedSharding:
-        shape = getattr(leaf, "shape", ())
-        if mode == "replicate" or int(np.prod(shape, dtype=np.int64)) < FSDP_MIN_SIZE:
-            return replicated(mesh)
-        for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
-            if shape[axis] % data == 0:
-                spec = [None] * len(shape)
-                spec[axis] = "data"
-                return NamedSharding(mesh, P(*spec))
+
+def logical_to_spec(names: tuple[str | None, ...] | None, shape: tuple[int, ...], rules: dict[str, str],
+                    mesh: Mesh) -> P:
+    """The PartitionSpec `rules` give an array of `shape` whose dimensions are named `names`.
+
+    A dimension is split over its mesh axis only if the axis size divides it and no earlier
+    dimension already uses that axis; small arrays are not split at all.
+    """
+    if not names or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
+        return P()
+    spec, used = [], set()
+    for name, size in zip(names, shape):
+        mesh_axis = rules.get(name) if name is not None else None
+        if mesh_axis is None or mesh_axis in used or mesh.shape[mesh_axis] == 1 or size % mesh.shape[mesh_axis]:
+            spec.append(None)
+        else:
+            spec.append(mesh_axis)
+            used.add(mesh_axis)
+    return P(*spec)
+
+
+def param_specs(param_names: Any, abstract_params: Any, rules: dict[str, str], mesh: Mesh) -> Any:
+    """PartitionSpecs for a params pytree from its logical names (same structure, tuples as leaves)."""
+    names_by_path = {path: names for path, names in _leaves_with_paths(param_names, is_names=True)}
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: logical_to_spec(names_by_path.get(_key(path)), leaf.shape, rules, mesh),
+        abstract_params)
+
+
+def state_shardings(abstract_state: Any, param_names: Any, mesh: Mesh, rule_set: str) -> Any:
+    """A NamedSharding for every leaf of the train state.
+
+    `param_names` mirrors `abstract_state['params']` with each parameter's logical axis names.
+    Optimizer-state leaves (Adam moments, momentum) mirror parameters: each one takes the spec of
+    the parameter whose path is the longest suffix of its own path and whose shape it has.
+    """
+    rules = rules_for(rule_set)
+    specs = param_specs(param_names, abstract_state["params"], rules, mesh)
+    by_path = {path: (spec, shape) for (path, spec), (_, shape) in zip(
+        _leaves_with_paths(specs, is_names=False),
+        _leaves_with_paths(jax.tree.map(lambda x: x.shape, abstract_state["params"]), is_names=True))}
+
+    def mirror(path, leaf) -> NamedSharding:
+        key = _key(path)
+        for start in range(len(key)):
+            spec, shape = by_path.get(key[start:], (None, None))
+            if spec is not None and shape == leaf.shape:
+                return NamedSharding(mesh, spec)
         return replicated(mesh)
 
-    return jax.tree.map(rule, abstract_state)
+    shardings = {k: jax.tree.map(lambda _: replicated(mesh), v) for k, v in abstract_state.items()}
+    shardings["params"] = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                                       is_leaf=lambda x: isinstance(x, P))
+    shardings["opt_state"] = jax.tree_util.tree_map_with_path(mirror, abstract_state["opt_state"])
+    return shardings
+
+
+def _key(path) -> tuple:
+    """A hashable, printable form of a pytree key path (dict keys, list indices, attributes)."""
+    return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+
+
+def _leaves_with_paths(tree: Any, is_names: bool) -> list[tuple[tuple, Any]]:
+    # Logical names and shapes are tuples: treat a tuple (or None) as one leaf, not a subtree.
+    is_leaf = (lambda x: x is None or isinstance(x, tuple)) if is_names else (lambda x: isinstance(x, P))
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+    return [(_key(path), leaf) for path, leaf in flat]
+
+
+def prefetch_to_device(batches: Iterator[dict], sharding: NamedSharding, size: int = 2) -> Iterator[dict]:
+    """Keeps `size` global batches already transferred to the devices, so the host->device copy of
+    batch k+1 overlaps step k (on accelerators the copy is otherwise on the critical path)."""
+    queue: collections.deque = collections.deque()
+    for local in batches:
+        queue.append(to_global_batch(local, sharding))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
 
 
 def to_global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

@@ -33,8 +33,14 @@ def _deterministic_options() -> tf.data.Options:
 
 
 def train_batches(source: Source, augment: Callable, *, global_batch: int, seed: int, start_step: int,
-                  process_index: int = 0, process_count: int = 1, prefetch: int = 2) -> Iterator[dict]:
-    """Endless iterator of this process's slice of each global training batch from `start_step`."""
+                  process_index: int = 0, process_count: int = 1, prefetch: int = 2,
+                  batch_transform: Callable | None = None) -> Iterator[dict]:
+    """Endless iterator of this process's slice of each global training batch from `start_step`.
+
+    `batch_transform(batch, seed)` (e.g. mixup from `pp.parse_batch`) runs on each local batch
+    with the stateless seed (seed, step, process index). It mixes examples within this process's
+    slice, so unlike the per-example randomness its result depends on the process count.
+    """
     if global_batch % process_count:
         raise ConfigError(f"Global batch {global_batch} is not divisible by {process_count} processes.")
     local_batch = global_batch // process_count
@@ -54,9 +60,19 @@ def train_batches(source: Source, augment: Callable, *, global_batch: int, seed:
 
     dataset = (tf.data.Dataset.counter(start_step * local_batch)
                .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-               .batch(local_batch, drop_remainder=True)
-               .prefetch(prefetch)
-               .with_options(_deterministic_options()))
+               .batch(local_batch, drop_remainder=True))
+    if batch_transform is not None:
+        @tf.autograph.experimental.do_not_convert
+        def transform(step, batch):
+            # Per-example seeds are (seed, slot >= 0); batch seeds fold (step, process) into
+            # (seed, -2), a stream of their own.
+            batch_seed = tf.random.experimental.stateless_fold_in(
+                tf.constant([seed, -2], tf.int64), step * process_count + process_index)
+            return batch_transform(batch, batch_seed)
+
+        dataset = dataset.enumerate(start_step).map(transform, num_parallel_calls=tf.data.AUTOTUNE,
+                                                    deterministic=True)
+    dataset = dataset.prefetch(prefetch).with_options(_deterministic_options())
     return dataset.as_numpy_iterator()
 
 

@@ -5,28 +5,28 @@ A `Source` knows how many examples a split has and how to load example `i` insid
 pure function of (seed, step), so a resumed run continues with exactly the same batches.
 
 Registered sources: `digits` (scikit-learn's 1,797 8x8 digits, embedded: no download),
-`image_folder` (`root/<split>/<class>/*.jpg`), and `tfds` (any prepared tfds dataset by name).
+`image_folder` (`root/<split>/<class>/*.jpg`, root a directory or a .zip), `arrays` (an .npz of
+uint8 images and labels; `arrays_source` takes numpy arrays directly), and `tfds` (any prepared
+tfds dataset by name).
 Splits without a fixed order (digits, image folders) are listed in sorted order, then permuted
 with `split_seed` before slicing, so `train[:45000]` / `train[45000:]` is a fixed, seeded holdout.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import functools
 import os
-import warnings
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
+from vision_jax.data import image_files
+from vision_jax.data.ops import decode_to_uint8
 from vision_jax.data.splits import parse_split, slice_bounds
 from vision_jax.errors import ConfigError, DataError, MissingDataError
 from vision_jax.registry import Registry, closest
 
 SOURCES = Registry("data source")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,82 +75,63 @@ def digits(split: str, image_size: int, split_seed: int = 0) -> Source:
 @SOURCES.register("image_folder")
 def image_folder(root: str, split: str, image_size: int, split_seed: int = 0,
                  max_bad_fraction: float = 0.001) -> Source:
-    """Images in `root/<split>/<class>/<file>`; classes are the sorted sub-folder names.
+    """Images in `root/<split>/<class>/<file>`, where root is a directory or a .zip archive.
 
-    Every file is decoded once up front: unreadable ones are skipped with one warning that names
-    the first bad path and the count; more than `max_bad_fraction` bad files is an error.
+    Classes are the sorted class-folder names over all splits. Unreadable files are skipped
+    with one warning naming the first and the count; more than `max_bad_fraction` is an error.
+    `image_size=0` keeps each image at its own size (for recipes that crop from the full image).
     """
     name, _, _ = parse_split(split)
-    split_dir = os.path.join(os.path.expanduser(root), name)
-    if not os.path.isdir(split_dir):
-        raise MissingDataError(
-            f"Image folder split {split_dir!r} does not exist: expected images in "
-            f"{root}/{name}/<class>/<image>.jpg.")
-    paths, labels, num_classes = _list_readable_images(split_dir, max_bad_fraction)
-    index = _seeded_slice(split, len(paths), split_seed)
-    paths_t = tf.constant(np.asarray(paths)[index])
-    labels_t = tf.constant(np.asarray(labels, np.int32)[index])
+    images = image_files.list_images(root, name, max_bad_fraction)
+    index = _seeded_slice(split, len(images.keys), split_seed)
+    selected = dataclasses.replace(images, keys=tuple(np.asarray(images.keys)[index]))
+    labels_t = tf.constant(images.labels[index])
+    read = image_files.byte_reader(selected)
 
+    @tf.autograph.experimental.do_not_convert  # plain graph code; autograph only adds risk
     def load(i):
-        image = _decode(tf.io.read_file(tf.gather(paths_t, i)))
-        return {"image": _resize(image, image_size), "label": tf.gather(labels_t, i)}
+        image = decode_to_uint8(read(i))
+        return {"image": _resize(image, image_size) if image_size else image, "label": tf.gather(labels_t, i)}
 
-    return Source(len(index), num_classes, load, f"image_folder {root} {split}")
-
-
-# Cached: the train split and the evaluation splits of one folder share a single decoding pass.
-@functools.lru_cache(maxsize=4)
-def _list_readable_images(split_dir: str, max_bad_fraction: float) -> tuple[list[str], list[int], int]:
-    """(paths, labels, number of classes) of the decodable images under `split_dir`/<class>/."""
-    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
-    paths, labels = [], []
-    for label, cls in enumerate(classes):
-        for file in sorted(os.listdir(os.path.join(split_dir, cls))):
-            if file.lower().endswith(IMAGE_EXTENSIONS):
-                paths.append(os.path.join(split_dir, cls, file))
-                labels.append(label)
-    if not paths:
-        raise MissingDataError(
-            f"Image folder {split_dir!r} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)} "
-            f"files in class sub-folders).")
-
-    readable = _readable_mask(paths)
-    bad = [p for p, ok in zip(paths, readable) if not ok]
-    if bad:
-        if len(bad) > max_bad_fraction * len(paths):
-            raise DataError(
-                f"{len(bad)} of {len(paths)} images in {split_dir!r} cannot be decoded (first: {bad[0]}), "
-                f"more than max_bad_fraction={max_bad_fraction}. Fix or remove them, or raise "
-                f"config.data.source.max_bad_fraction.")
-        warnings.warn(f"Skipping {len(bad)} unreadable image(s) in {split_dir!r}; first: {bad[0]}")
-    return ([p for p, ok in zip(paths, readable) if ok], [lab for lab, ok in zip(labels, readable) if ok],
-            len(classes))
+    return Source(len(index), len(images.classes), load, f"image_folder {root} {split}")
 
 
-def _decode(data: tf.Tensor) -> tf.Tensor:
-    """Decodes to uint8 RGB. JPEGs use libjpeg's accurate integer IDCT (what PIL and most decoders
-    give); tf.io.decode_image's default is the fast IDCT, off by up to a few levels per pixel."""
-    image = tf.cond(
-        tf.io.is_jpeg(data),
-        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
-    image.set_shape((None, None, 3))
-    return image
+@SOURCES.register("arrays")
+def arrays(path: str, split: str, image_size: int, split_seed: int = 0) -> Source:
+    """In-memory arrays from an .npz file with 'images' (uint8 [N, H, W, 3] or [N, H, W]) and
+    'labels' (int [N]); for data made in a notebook (`np.savez(path, images=..., labels=...)`).
+    The split names no folder here: 'train[:90%]' slices the seeded permutation of all N."""
+    if not os.path.isfile(path):
+        raise MissingDataError(f"Array file {path!r} does not exist; write it with "
+                               f"np.savez(path, images=uint8 [N,H,W,3], labels=int [N]).")
+    with np.load(path) as data:
+        missing = {"images", "labels"} - set(data.files)
+        if missing:
+            raise DataError(f"{path!r} has no {sorted(missing)} array(s) (it has {data.files}); save "
+                            f"with np.savez(path, images=..., labels=...).")
+        images, labels = data["images"], data["labels"]
+    return arrays_source(images, labels, split, image_size, split_seed, description=f"arrays {path} {split}")
 
 
-def _readable_mask(paths: list[str]) -> list[bool]:
-    from PIL import Image
-
-    def readable(path: str) -> bool:
-        try:
-            with Image.open(path) as image:
-                image.load()  # a full decode: catches truncated files, not just bad headers
-            return True
-        except Exception:  # noqa: BLE001 - any failure to decode means "skip this file"
-            return False
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(readable, paths, chunksize=256))
+def arrays_source(images: np.ndarray, labels: np.ndarray, split: str = "train", image_size: int = 0,
+                  split_seed: int = 0, num_classes: int | None = None, description: str = "arrays") -> Source:
+    """A Source over numpy arrays (the Python API behind the 'arrays' source)."""
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+        raise DataError(f"images must be uint8 [N, H, W, 3] or [N, H, W]; got {images.dtype} {images.shape}.")
+    if len(images) != len(labels):
+        raise DataError(f"{len(images)} images but {len(labels)} labels.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"labels must be integer class ids; got dtype {labels.dtype}.")
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(f"labels must lie in [0, {num_classes}); found {labels.min()}..{labels.max()}.")
+    if images.ndim == 3 or images.shape[-1] == 1:
+        images = np.repeat(images.reshape(images.shape[:3])[..., None], 3, axis=-1)
+    index = _seeded_slice(split, len(images), split_seed)
+    images = images[index]
+    if image_size and images.shape[1:3] != (image_size, image_size):
+        images = _resize(images, image_size).numpy()
+    return in_memory_source(images, labels[index].astype(np.int32), num_classes, description)
 
 
 @SOURCES.register("tfds")

@@ -1,0 +1,712 @@
+"""Preprocessing ops: one registry of named, stateless TensorFlow ops that `pp.parse` composes.
+
+An op factory takes the op's parameters (the arguments written in a pp string) and returns
+`op(data: dict, seed: int64[2]) -> dict`, which reads and writes keys of `data`. Random ops draw
+only from `seed` (tf.random.stateless_*), so the same seed always gives the same output, eagerly
+or inside tf.data.
+
+Image convention: `decode` turns encoded bytes or a uint8 image into float32 RGB in [0, 1];
+every later image op takes and returns float32 images in [0, 1]; `value_range` / `normalize`
+produce the model's range at the end. Image ops accept `key=` (which entry to read, default
+'image') and `outkey=` (where to write, default `key`), as big_vision's ops do.
+
+`BATCH_OPS` holds the ops that mix examples (mixup, cutmix): they run on a batch dict after
+batching (images [B, H, W, 3], one-hot labels [B, K]); see `pp.parse_batch`.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from vision_jax.errors import ConfigError
+from vision_jax.registry import Registry
+
+OPS = Registry("pp op")
+BATCH_OPS = Registry("batch pp op")
+
+# ImageNet channel statistics in [0, 1] units (the torchvision / timm constants).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Op = Callable[[dict, tf.Tensor], dict]
+
+
+# ----------------------------------------------------------------------------------------------
+# Plumbing: image ops with key/outkey, argument checks, randomness
+# ----------------------------------------------------------------------------------------------
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _read(data: dict, key: str, op_name: str) -> tf.Tensor:
+    if key not in data:
+        raise ConfigError(f"pp op {op_name!r} reads data[{key!r}], but the data has keys {sorted(data)}; "
+                          f"pass key=... or rename(...) the entry first.")
+    return data[key]
+
+
+def image_op(name: str, *, needs_float: bool = True):
+    """Registers `factory(**params) -> fn(image, seed) -> image` as op `name` with key/outkey.
+
+    With `needs_float`, the op refuses anything but a float32 image, so that a pp string missing
+    its `decode` fails with a message rather than computing on uint8 pixel values.
+    """
+
+    def decorator(factory):
+        @functools.wraps(factory)
+        def build(*args, key: str = "image", outkey: str | None = None, **kwargs) -> Op:
+            transform = factory(*args, **kwargs)
+
+            def op(data: dict, seed: tf.Tensor) -> dict:
+                image = tf.convert_to_tensor(_read(data, key, name))
+                if needs_float and image.dtype != tf.float32:
+                    raise ConfigError(
+                        f"pp op {name!r} needs a float32 image in [0, 1], but data[{key!r}] is "
+                        f"{image.dtype.name}: put 'decode' first in the pp string (e.g. 'decode|{name}').")
+                return {**data, (outkey or key): transform(image, seed)}
+
+            return op
+
+        signature = inspect.signature(factory)
+        extra = [inspect.Parameter("key", inspect.Parameter.KEYWORD_ONLY, default="image"),
+                 inspect.Parameter("outkey", inspect.Parameter.KEYWORD_ONLY, default=None)]
+        build.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
+        OPS.register(name)(build)
+        return build
+
+    return decorator
+
+
+def _uniform(seed, low=0.0, high=1.0, shape=()):
+    return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
+
+
+def _split(seed, n: int):
+    return tf.unstack(tf.random.experimental.stateless_split(seed, n))
+
+
+def _with_probability(p: float, transform, image, seed, cheap: bool = False):
+    """`transform(image, seed)` with probability p, else `image` (no graph branch for p = 0 or 1).
+
+    A `cheap` transform (a flip, a channel mix) is computed always and selected with tf.where:
+    a tf.cond costs ~0.1 s of tracing inside tf.data, more than such an op costs to run.
+    """
+    if p <= 0:
+        return image
+    coin_seed, op_seed = _split(seed, 2)
+    if p >= 1:
+        return transform(image, op_seed)
+    if cheap:
+        return tf.where(_uniform(coin_seed) < p, transform(image, op_seed), image)
+    return tf.cond(_uniform(coin_seed) < p, lambda: transform(image, op_seed), lambda: image)
+
+
+def _check_probability(p, op_name: str) -> None:
+    _check(isinstance(p, (int, float)) and 0 <= p <= 1, f"pp op {op_name!r}: p must be in [0, 1], got {p!r}.")
+
+
+def _size_pair(size, op_name: str) -> tuple[int, int]:
+    """int -> (size, size); (h, w) -> (h, w); anything else is a ConfigError."""
+    pair = (size, size) if isinstance(size, int) else size
+    _check(isinstance(pair, (tuple, list)) and len(pair) == 2
+           and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair),
+           f"pp op {op_name!r}: size must be a positive int or (height, width), got {size!r}.")
+    return tuple(pair)
+
+
+def _range_pair(value, op_name: str, what: str, low=-math.inf, high=math.inf) -> tuple[float, float]:
+    _check(isinstance(value, (tuple, list)) and len(value) == 2
+           and all(isinstance(v, (int, float)) for v in value) and low <= value[0] <= value[1] <= high,
+           f"pp op {op_name!r}: {what} must be (min, max) with {low} <= min <= max <= {high}, got {value!r}.")
+    return float(value[0]), float(value[1])
+
+
+def _resize(image, size_hw, method: str):
+    resized = tf.image.resize(image, size_hw, method=method, antialias=True)
+    return tf.clip_by_value(resized, 0.0, 1.0)  # bicubic overshoots; keep the [0, 1] contract
+
+
+def _grayscale(image):
+    """ITU-R 601-2 luma (the weights of PIL, torchvision and tf.image), repeated to 3 channels."""
+    return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+
+
+def _blend(image, degenerate, factor):
+    """PIL's ImageEnhance / torchvision's _blend: degenerate + factor * (image - degenerate)."""
+    return tf.clip_by_value(degenerate + factor * (image - degenerate), 0.0, 1.0)
+
+
+def _to_uint8(image):
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def _from_uint8(image):
+    return tf.cast(image, tf.float32) / 255.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding and geometry
+# ----------------------------------------------------------------------------------------------
+
+
+def decode_to_uint8(data):
+    """Encoded bytes -> uint8 RGB [H, W, 3] (sources use it too)."""
+    # JPEGs use libjpeg's accurate integer IDCT (what PIL gives); tf's default fast IDCT is off
+    # by a few levels. channels=3 repeats grey and drops alpha.
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
+    image.set_shape((None, None, 3))
+    return image
+
+
+def _to_rgb(image):
+    if image.shape.rank == 2:
+        image = image[..., None]
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.tile(image, [1, 1, 3])
+    if channels == 4:
+        return image[..., :3]
+    if channels != 3:
+        raise ConfigError(f"pp op 'decode' got an image with {channels} channels; expected 1, 3 or 4.")
+    return image
+
+
+@image_op("decode", needs_float=False)
+def decode():
+    """Encoded image bytes (JPEG, PNG, ...) or a uint8 image -> float32 RGB in [0, 1].
+
+    Grey is repeated to RGB, alpha is dropped. Dividing by 255 (not multiplying by 1/255) keeps
+    `decode|value_range(-1, 1)` bit-equal to the classic `x / 127.5 - 1`.
+    """
+
+    def transform(image, seed):
+        del seed
+        if image.dtype == tf.string:
+            image = decode_to_uint8(image)
+        elif image.dtype == tf.uint8:
+            image = _to_rgb(image)
+        else:
+            raise ConfigError(f"pp op 'decode' takes encoded bytes or a uint8 image, got {image.dtype.name} "
+                              f"(is the image decoded twice?).")
+        return tf.cast(image, tf.float32) / 255.0
+
+    return transform
+
+
+@image_op("resize")
+def resize(size, method: str = "bilinear"):
+    """Resizes to exactly `size` (int: square, or (height, width)), antialiased."""
+    size_hw = _size_pair(size, "resize")
+    return lambda image, seed: _resize(image, size_hw, method)
+
+
+@image_op("resize_small")
+def resize_small(size: int, method: str = "bilinear"):
+    """Resizes so that the shorter side is `size`, keeping the aspect ratio (big_vision)."""
+    _size_pair(size, "resize_small")
+
+    def transform(image, seed):
+        del seed
+        hw = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = size / tf.reduce_min(hw)
+        new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), size)
+        return _resize(image, new_hw, method)
+
+    return transform
+
+
+@image_op("central_crop")
+def central_crop(size):
+    """The central `size` (int: square, or (height, width)) window."""
+    height, width = _size_pair(size, "central_crop")
+
+    def transform(image, seed):
+        del seed
+        shape = tf.shape(image)
+        top, left = (shape[0] - height) // 2, (shape[1] - width) // 2
+        return tf.image.crop_to_bounding_box(image, top, left, height, width)
+
+    return transform
+
+
+@image_op("random_crop")
+def random_crop(size, padding: int = 0, padding_mode: str = "REFLECT"):
+    """A random `size` window after padding each side by `padding` (torchvision RandomCrop; the
+    CIFAR recipe of He et al. 2016 is random_crop(32, padding=4))."""
+    height, width = _size_pair(size, "random_crop")
+    _check(padding >= 0, f"pp op 'random_crop': padding must be >= 0, got {padding!r}.")
+
+    def transform(image, seed):
+        if padding:
+            image = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]], mode=padding_mode)
+        return tf.image.stateless_random_crop(image, (height, width, image.shape[-1] or 3), seed)
+
+    return transform
+
+
+CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its central fallback
+
+
+def sample_crop_box(shape, seed, scale, ratio) -> tuple[tf.Tensor, tf.Tensor]:
+    """(begin, size) of a box sampled as torchvision's RandomResizedCrop.get_params: up to 10
+    draws of area ~ U(scale) x image area and log aspect ~ U(log ratio); the first box that fits
+    wins (drawn all at once: static shapes); if none fits, the central crop with the aspect ratio
+    clamped to `ratio`. The on-device op (device_augment.sample_crop_box) samples the same way."""
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    area_u, ratio_u, offset_u = tf.split(
+        tf.random.stateless_uniform([2 * CROP_ATTEMPTS + 2], seed), [CROP_ATTEMPTS, CROP_ATTEMPTS, 2])
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * area_u)
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = tf.exp(log_low + (log_high - log_low) * ratio_u)
+    # tf.round rounds half to even, as Python's round() in torchvision does.
+    box_w, box_h = tf.round(tf.sqrt(area * aspect)), tf.round(tf.sqrt(area / aspect))
+    fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    any_fits = tf.reduce_any(fits)
+
+    image_ratio = width / height
+    fallback_w = tf.where(image_ratio > ratio[1], tf.round(height * ratio[1]), width)
+    fallback_h = tf.where(image_ratio < ratio[0], tf.round(width / ratio[0]), height)
+    box_h = tf.where(any_fits, box_h[first], fallback_h)
+    box_w = tf.where(any_fits, box_w[first], fallback_w)
+    # torch.randint(0, height - box_h + 1): uniform over the valid offsets.
+    top = tf.where(any_fits, tf.floor(offset_u[0] * (height - box_h + 1)), tf.floor((height - box_h) / 2))
+    left = tf.where(any_fits, tf.floor(offset_u[1] * (width - box_w + 1)), tf.floor((width - box_w) / 2))
+    begin = tf.cast(tf.stack([top, left, 0.0]), tf.int32)
+    size = tf.concat([tf.cast(tf.stack([box_h, box_w]), tf.int32), [-1]], axis=0)
+    return begin, size
+
+
+@image_op("random_resized_crop")
+def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), method: str = "bicubic"):
+    """Inception-style crop (Szegedy et al. 2015) as torchvision's RandomResizedCrop: a box of
+    `scale` of the area and width/height `ratio` (see sample_crop_box), resized to `size`
+    (bicubic, antialiased)."""
+    size_hw = _size_pair(size, "random_resized_crop")
+    scale = _range_pair(scale, "random_resized_crop", "scale", 0.0, 1.0)
+    ratio = _range_pair(ratio, "random_resized_crop", "ratio", 0.0)
+    _check(scale[1] > 0 and ratio[0] > 0, f"pp op 'random_resized_crop': scale and ratio must be positive, "
+                                          f"got scale={scale}, ratio={ratio}.")
+
+    def transform(image, seed):
+        begin, crop_size = sample_crop_box(tf.shape(image), seed, scale, ratio)
+        crop = tf.slice(image, begin, crop_size)
+        crop.set_shape([None, None, image.shape[-1]])  # the crop keeps every channel; say so statically
+        return _resize(crop, size_hw, method)
+
+    return transform
+
+
+@image_op("flip_lr")
+def flip_lr(p: float = 0.5):
+    """Mirrors left-right with probability p."""
+    _check_probability(p, "flip_lr")
+    return lambda image, seed: _with_probability(p, lambda x, s: x[:, ::-1], image, seed, cheap=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Colour and filters (SimCLR, BYOL, DINO)
+# ----------------------------------------------------------------------------------------------
+
+
+@image_op("color_jitter")
+def color_jitter(brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.2, hue: float = 0.1,
+                 p: float = 0.8):
+    """torchvision ColorJitter, applied with probability p (defaults: BYOL/DINO's jitter).
+
+    Brightness, contrast and saturation factors are uniform in [max(0, 1 - v), 1 + v] and blend
+    with black, the mean grey level, and the grey image; the hue shift is uniform in [-hue, hue]
+    (fraction of the colour wheel). The four run in a random order, each clipped to [0, 1].
+    A strength of 0 leaves that adjustment out. SimCLR's strength s is (0.8s, 0.8s, 0.8s, 0.2s).
+    """
+    for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+        _check(value >= 0, f"pp op 'color_jitter': {name} must be >= 0, got {value!r}.")
+    _check(0 <= hue <= 0.5, f"pp op 'color_jitter': hue must be in [0, 0.5], got {hue!r}.")
+    _check_probability(p, "color_jitter")
+
+    def factor(seed, strength):
+        return _uniform(seed, max(0.0, 1.0 - strength), 1.0 + strength)
+
+    def jitter(image, seed):
+        seeds = _split(seed, 5)
+        adjustments = [
+            (brightness, lambda x: _blend(x, tf.zeros_like(x), factor(seeds[0], brightness))),
+            (contrast, lambda x: _blend(x, tf.reduce_mean(tf.image.rgb_to_grayscale(x)), factor(seeds[1], contrast))),
+            (saturation, lambda x: _blend(x, _grayscale(x), factor(seeds[2], saturation))),
+            (hue, lambda x: tf.clip_by_value(tf.image.adjust_hue(x, _uniform(seeds[3], -hue, hue)), 0.0, 1.0)),
+        ]
+        order = tf.random.experimental.stateless_shuffle(tf.range(4), seeds[4])
+
+        # A loop over the 4 positions keeps one copy of each adjustment in the graph (not 4 x 4),
+        # which makes tracing inside tf.data several times faster.
+        def apply_next(position, x):
+            branches = [(lambda fn=fn: fn(x)) if strength > 0 else (lambda: x) for strength, fn in adjustments]
+            return position + 1, tf.ensure_shape(tf.switch_case(tf.gather(order, position), branches), image.shape)
+
+        return tf.while_loop(lambda position, x: position < 4, apply_next, (tf.constant(0), image))[1]
+
+    return lambda image, seed: _with_probability(p, jitter, image, seed)
+
+
+@image_op("random_grayscale")
+def random_grayscale(p: float = 0.2):
+    """Replaces the image by its luma, in all three channels, with probability p (SimCLR)."""
+    _check_probability(p, "random_grayscale")
+    return lambda image, seed: _with_probability(p, lambda x, s: _grayscale(x), image, seed, cheap=True)
+
+
+def _gaussian_kernel_radius(image, kernel_size):
+    if kernel_size is not None:
+        return tf.constant(kernel_size // 2)
+    # SimCLR: kernel side 10% of the image height, made odd (23 px at 224); at least 3 px here so
+    # that small images are blurred at all.
+    return tf.maximum(tf.shape(image)[0] // 20, 1)
+
+
+def _gaussian_blur(image, sigma, kernel_size=None):
+    radius = _gaussian_kernel_radius(image, kernel_size)
+    x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+    kernel = tf.exp(-(x**2) / (2.0 * sigma**2))
+    kernel /= tf.reduce_sum(kernel)
+    channels = image.shape[-1] or 3
+    # Separable: a horizontal then a vertical pass, with reflected borders (as torchvision).
+    padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    horizontal = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
+    vertical = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    blurred = tf.nn.depthwise_conv2d(padded, horizontal, [1, 1, 1, 1], "VALID")
+    return tf.nn.depthwise_conv2d(blurred, vertical, [1, 1, 1, 1], "VALID")[0]
+
+
+@image_op("gaussian_blur")
+def gaussian_blur(p: float = 0.5, sigma=(0.1, 2.0), kernel_size: int | None = None):
+    """Gaussian blur with sigma uniform in `sigma`, with probability p (SimCLR, Chen et al. 2020,
+    App. A; BYOL). kernel_size None: 10% of the image height, odd, at least 3."""
+    _check_probability(p, "gaussian_blur")
+    sigma = _range_pair(sigma, "gaussian_blur", "sigma", 0.0)
+    _check(sigma[0] > 0, f"pp op 'gaussian_blur': sigma must be positive, got {sigma}.")
+    _check(kernel_size is None or (isinstance(kernel_size, int) and kernel_size > 0 and kernel_size % 2 == 1),
+           f"pp op 'gaussian_blur': kernel_size must be None or a positive odd int, got {kernel_size!r}.")
+    blur = lambda image, seed: _gaussian_blur(image, _uniform(seed, *sigma), kernel_size)
+    return lambda image, seed: _with_probability(p, blur, image, seed)
+
+
+def _solarize(image, threshold):
+    return tf.where(image >= threshold, 1.0 - image, image)
+
+
+@image_op("solarize")
+def solarize(p: float = 0.2, threshold: float = 0.5):
+    """x -> 1 - x where x >= threshold ([0, 1] units), with probability p (BYOL's second view)."""
+    _check_probability(p, "solarize")
+    return lambda image, seed: _with_probability(p, lambda x, s: _solarize(x, threshold), image, seed, cheap=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model range
+# ----------------------------------------------------------------------------------------------
+
+
+@image_op("value_range")
+def value_range(vmin: float = -1, vmax: float = 1):
+    """[0, 1] -> [vmin, vmax], linearly."""
+    _check(vmin < vmax, f"pp op 'value_range': need vmin < vmax, got ({vmin}, {vmax}).")
+    return lambda image, seed: vmin + image * (vmax - vmin)
+
+
+@image_op("normalize")
+def normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """(x - mean) / std per channel, in [0, 1] units (defaults: ImageNet statistics)."""
+    _check(all(s > 0 for s in std), f"pp op 'normalize': std must be positive, got {std!r}.")
+    # Tensors are made per call, not here: a parsed pp string may be reused across tf.data graphs.
+    return lambda image, seed: (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels and keys
+# ----------------------------------------------------------------------------------------------
+
+
+@OPS.register("onehot")
+def onehot(num_classes: int, key: str = "label", smoothing: float = 0.0, outkey: str | None = None) -> Op:
+    """Integer label -> float32 one-hot [num_classes], with label smoothing (Szegedy et al. 2016):
+    (1 - smoothing) * onehot + smoothing / num_classes."""
+    _check(isinstance(num_classes, int) and num_classes > 0,
+           f"pp op 'onehot': num_classes must be a positive int, got {num_classes!r}.")
+    _check(0 <= smoothing < 1, f"pp op 'onehot': smoothing must be in [0, 1), got {smoothing!r}.")
+
+    def op(data, seed):
+        labels = tf.one_hot(_read(data, key, "onehot"), num_classes, dtype=tf.float32)
+        return {**data, (outkey or key): (1.0 - smoothing) * labels + smoothing / num_classes}
+
+    return op
+
+
+@OPS.register("keep")
+def keep(*keys: str) -> Op:
+    """Keeps only `keys` of the data."""
+
+    def op(data, seed):
+        return {k: _read(data, k, "keep") for k in keys}
+
+    return op
+
+
+@OPS.register("rename")
+def rename(**new_from_old: str) -> Op:
+    """rename(new="old"): moves data['old'] to data['new'] (e.g. rename(labels="label"))."""
+
+    def op(data, seed):
+        out = dict(data)
+        moved = {new: _read(data, old, "rename") for new, old in new_from_old.items()}
+        for old in new_from_old.values():
+            out.pop(old)
+        return {**out, **moved}
+
+    return op
+
+
+# ----------------------------------------------------------------------------------------------
+# RandAugment (Cubuk et al. 2020)
+# ----------------------------------------------------------------------------------------------
+
+_FILL = 0.5  # grey fill for pixels that geometric ops bring in from outside (timm, big_vision: 128)
+
+
+def _affine(image, transform):
+    """Maps output pixel (x, y) to input (a0 x + a1 y + a2, b0 x + b1 y + b2), bilinear."""
+    transform = tf.cast(tf.concat([transform, [0.0, 0.0]], 0), tf.float32)[None]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform, output_shape=tf.shape(image)[:2],
+        fill_value=_FILL, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+
+
+def _rotate(image, degrees):
+    angle = degrees * math.pi / 180.0
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    cy, cx = (hw[0] - 1) / 2, (hw[1] - 1) / 2
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    return _affine(image, tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy]))
+
+
+def _shear(image, amount, axis: int):
+    zero, one = tf.zeros([]), tf.ones([])
+    row = [one, amount, zero, zero, one, zero] if axis == 1 else [one, zero, zero, amount, one, zero]
+    return _affine(image, tf.stack(row))
+
+
+def _translate(image, fraction, axis: int):
+    pixels = fraction * tf.cast(tf.shape(image)[axis], tf.float32)  # axis 1: width, 0: height
+    zero, one = tf.zeros([]), tf.ones([])
+    row = [one, zero, -pixels, zero, one, zero] if axis == 1 else [one, zero, zero, zero, one, -pixels]
+    return _affine(image, tf.stack(row))
+
+
+def _autocontrast(image):
+    """Stretches each channel to the full [0, 1] range (PIL ImageOps.autocontrast)."""
+    low = tf.reduce_min(image, axis=[0, 1], keepdims=True)
+    high = tf.reduce_max(image, axis=[0, 1], keepdims=True)
+    spread = high - low
+    return tf.where(spread > 0, (image - low) / tf.where(spread > 0, spread, 1.0), image)
+
+
+def _equalize(image):
+    """Per-channel histogram equalization on 256 levels (PIL ImageOps.equalize's lookup table),
+    the three channels at once: channel c's level v counts in bin 256 c + v."""
+    pixels = tf.cast(_to_uint8(image), tf.int32)
+    bins = pixels + tf.range(3) * 256
+    histogram = tf.reshape(tf.math.bincount(tf.reshape(bins, [-1]), minlength=768, maxlength=768), [3, 256])
+    last_level = 255 - tf.argmax(tf.reverse(tf.cast(histogram > 0, tf.int32), [1]), axis=1, output_type=tf.int32)
+    step = (tf.reduce_sum(histogram, 1) - tf.gather(histogram, last_level, batch_dims=1)) // 255
+    lut = (tf.cumsum(histogram, axis=1) + (step // 2)[:, None]) // tf.maximum(step, 1)[:, None]
+    lut = tf.clip_by_value(tf.concat([tf.zeros([3, 1], tf.int32), lut[:, :-1]], 1), 0, 255)
+    equalized = tf.gather(tf.reshape(lut, [-1]), bins)
+    return _from_uint8(tf.where(step > 0, equalized, pixels))  # step 0: a channel of one level stays
+
+
+def _posterize(image, bits: int):
+    mask = tf.constant(256 - 2 ** (8 - bits), tf.uint8)
+    return _from_uint8(tf.bitwise.bitwise_and(_to_uint8(image), mask))
+
+
+def _sharpness(image, factor):
+    """Blend with PIL's SMOOTH filter ([[1,1,1],[1,5,1],[1,1,1]] / 13), borders kept (ImageEnhance)."""
+    kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
+    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
+    smooth = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "VALID")[0]
+    interior = tf.pad(tf.ones_like(smooth), [[1, 1], [1, 1], [0, 0]])
+    degenerate = tf.where(interior > 0, tf.pad(smooth, [[1, 1], [1, 1], [0, 0]]), image)
+    return _blend(image, degenerate, factor)
+
+
+def _randaugment_ops(level: float):
+    """name -> fn(image, sign): the 14 ops of RandAugment (torchvision's list; timm/big_vision's
+    ops minus invert/cutout/solarize_add). Magnitude `level` in [0, 1] (magnitude / 10, the
+    paper's scale) makes each op stronger, as timm's '*Increasing' variants and torchvision do."""
+    enhance = lambda sign: 1.0 + 0.9 * level * sign  # factor in [0.1, 1.9] at magnitude 10
+    bits = 8 - round(4 * level)  # 8 bits (identity) .. 4 bits
+    return {
+        "identity": lambda x, sign: x,
+        "autocontrast": lambda x, sign: _autocontrast(x),
+        "equalize": lambda x, sign: _equalize(x),
+        "rotate": lambda x, sign: _rotate(x, 30.0 * level * sign),
+        "solarize": lambda x, sign: _solarize(x, 1.0 - level),
+        "color": lambda x, sign: _blend(x, _grayscale(x), enhance(sign)),
+        "posterize": lambda x, sign: _posterize(x, bits),
+        "contrast": lambda x, sign: _blend(x, tf.reduce_mean(tf.image.rgb_to_grayscale(x)), enhance(sign)),
+        "brightness": lambda x, sign: _blend(x, tf.zeros_like(x), enhance(sign)),
+        "sharpness": lambda x, sign: _sharpness(x, enhance(sign)),
+        "shear_x": lambda x, sign: _shear(x, 0.3 * level * sign, axis=1),
+        "shear_y": lambda x, sign: _shear(x, 0.3 * level * sign, axis=0),
+        "translate_x": lambda x, sign: _translate(x, 0.45 * level * sign, axis=1),
+        "translate_y": lambda x, sign: _translate(x, 0.45 * level * sign, axis=0),
+    }
+
+
+RANDAUGMENT_OPS = tuple(_randaugment_ops(0.0))
+
+
+@image_op("randaugment")
+def randaugment(num_layers: int = 2, magnitude: float = 9):
+    """RandAugment (Cubuk et al. 2020): `num_layers` ops, each drawn uniformly from
+    RANDAUGMENT_OPS and applied at `magnitude` (0..10, the paper's scale; 9 as for ResNet-50 on
+    ImageNet), with a random sign for the signed ones. Ranges at magnitude 10 (timm): rotate 30
+    degrees, shear 0.3, translate 45% of the side, enhance factors 1 +- 0.9, posterize to 4 bits,
+    solarize above 0; uncovered pixels are grey. Every drawn op is applied, as in the paper."""
+    _check(isinstance(num_layers, int) and num_layers >= 0,
+           f"pp op 'randaugment': num_layers must be an int >= 0, got {num_layers!r}.")
+    _check(0 <= magnitude <= 10, f"pp op 'randaugment': magnitude must be in [0, 10], got {magnitude!r}.")
+    branches = list(_randaugment_ops(magnitude / 10.0).values())
+
+    def apply_layer(seed, layer, image):
+        choice_seed, sign_seed = _split(tf.random.experimental.stateless_fold_in(seed, layer), 2)
+        index = tf.random.stateless_uniform([], choice_seed, 0, len(branches), dtype=tf.int32)
+        sign = tf.where(_uniform(sign_seed) < 0.5, -1.0, 1.0)
+        image_out = tf.switch_case(index, [lambda fn=fn: fn(image, sign) for fn in branches])
+        return layer + 1, tf.ensure_shape(tf.clip_by_value(image_out, 0.0, 1.0), image.shape)
+
+    def transform(image, seed):
+        # A loop over layers keeps one copy of the 14 ops in the graph, however many layers.
+        return tf.while_loop(lambda layer, x: layer < num_layers, functools.partial(apply_layer, seed),
+                             (tf.constant(0, tf.int64), image))[1]
+
+    return transform
+
+
+# ----------------------------------------------------------------------------------------------
+# Random erasing (Zhong et al. 2020)
+# ----------------------------------------------------------------------------------------------
+
+
+@image_op("random_erasing")
+def random_erasing(p: float = 0.25, scale=(0.02, 0.33), ratio=(0.3, 3.3), value: float = 0):
+    """Sets a random rectangle to `value`, with probability p (Zhong et al. 2020; torchvision's
+    RandomErasing box sampling, 10 tries; p = 0.25 as in timm/DeiT).
+
+    Use it after `normalize`, as timm does, so that value=0 is the mean colour: it is the one op
+    that does not require [0, 1] input.
+    """
+    _check_probability(p, "random_erasing")
+    scale = _range_pair(scale, "random_erasing", "scale", 0.0, 1.0)
+    ratio = _range_pair(ratio, "random_erasing", "ratio", 0.0)
+    _check(ratio[0] > 0, f"pp op 'random_erasing': ratio must be positive, got {ratio}.")
+    tries = 10
+
+    def erase(image, seed):
+        area_seed, ratio_seed, top_seed, left_seed = _split(seed, 4)
+        shape = tf.shape(image)
+        height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+        area = height * width * _uniform(area_seed, *scale, shape=[tries])
+        aspect = tf.exp(_uniform(ratio_seed, math.log(ratio[0]), math.log(ratio[1]), shape=[tries]))
+        box_h, box_w = tf.round(tf.sqrt(area * aspect)), tf.round(tf.sqrt(area / aspect))
+        fits = (box_h < height) & (box_w < width) & (box_h > 0) & (box_w > 0)
+        first = tf.argmax(tf.cast(fits, tf.int32))  # the first try that fits (torchvision's loop)
+        box_h, box_w = box_h[first], box_w[first]
+        top = tf.floor(_uniform(top_seed) * (height - box_h + 1))
+        left = tf.floor(_uniform(left_seed) * (width - box_w + 1))
+        rows = tf.range(height)[:, None, None]
+        cols = tf.range(width)[None, :, None]
+        inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
+        erased = tf.where(inside, tf.cast(value, image.dtype), image)
+        return tf.where(tf.reduce_any(fits), erased, image)
+
+    return lambda image, seed: _with_probability(p, erase, image, seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch ops: mixup and cutmix (after batching)
+# ----------------------------------------------------------------------------------------------
+
+
+def _beta(seed, alpha: float):
+    a_seed, b_seed = _split(seed, 2)
+    a = tf.random.stateless_gamma([], a_seed, alpha)
+    b = tf.random.stateless_gamma([], b_seed, alpha)
+    return tf.where(a + b > 0, a / tf.maximum(a + b, 1e-30), 1.0)  # both underflow: keep the image
+
+
+def _batch_inputs(batch: dict, image_key: str, label_key: str, op_name: str):
+    images = tf.convert_to_tensor(_read(batch, image_key, op_name))
+    labels = tf.convert_to_tensor(_read(batch, label_key, op_name))
+    if labels.shape.rank != 2 or not labels.dtype.is_floating:
+        raise ConfigError(
+            f"batch op {op_name!r} mixes labels, so it needs one-hot float labels [batch, classes] in "
+            f"batch[{label_key!r}], got {labels.dtype.name} of shape {labels.shape}: add "
+            f"onehot(num_classes) to the per-example pp string.")
+    if images.shape.rank != 4 or not images.dtype.is_floating:
+        raise ConfigError(f"batch op {op_name!r} needs float images [batch, height, width, channels] in "
+                          f"batch[{image_key!r}], got {images.dtype.name} of shape {images.shape}.")
+    return images, labels
+
+
+@BATCH_OPS.register("mixup")
+def mixup(alpha: float = 0.2, image_key: str = "image", label_key: str = "label") -> Op:
+    """mixup (Zhang et al. 2018): lambda ~ Beta(alpha, alpha), one per batch; example i is mixed
+    with example B-1-i (the reversed batch, as timm), images and labels with the same lambda."""
+    _check(alpha > 0, f"batch op 'mixup': alpha must be > 0, got {alpha!r}.")
+
+    def op(batch, seed):
+        images, labels = _batch_inputs(batch, image_key, label_key, "mixup")
+        lam = _beta(seed, alpha)
+        return {**batch, image_key: lam * images + (1 - lam) * images[::-1],
+                label_key: lam * labels + (1 - lam) * labels[::-1]}
+
+    return op
+
+
+@BATCH_OPS.register("cutmix")
+def cutmix(alpha: float = 1.0, image_key: str = "image", label_key: str = "label") -> Op:
+    """CutMix (Yun et al. 2019): a box of area ~(1 - lambda), lambda ~ Beta(alpha, alpha), centred
+    uniformly and clipped to the image (timm's rand_bbox), is pasted from the reversed batch;
+    labels mix by the pasted area."""
+    _check(alpha > 0, f"batch op 'cutmix': alpha must be > 0, got {alpha!r}.")
+
+    def op(batch, seed):
+        images, labels = _batch_inputs(batch, image_key, label_key, "cutmix")
+        beta_seed, y_seed, x_seed = _split(seed, 3)
+        lam = _beta(beta_seed, alpha)
+        shape = tf.shape(images)
+        height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+        cut = tf.sqrt(1.0 - lam)
+        half_h, half_w = tf.floor(height * cut) // 2, tf.floor(width * cut) // 2
+        cy, cx = tf.floor(_uniform(y_seed) * height), tf.floor(_uniform(x_seed) * width)
+        top, bottom = tf.clip_by_value(cy - half_h, 0, height), tf.clip_by_value(cy + half_h, 0, height)
+        left, right = tf.clip_by_value(cx - half_w, 0, width), tf.clip_by_value(cx + half_w, 0, width)
+        rows = tf.range(height)[:, None, None]
+        cols = tf.range(width)[None, :, None]
+        inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+        pasted_fraction = (bottom - top) * (right - left) / (height * width)
+        mixed_images = tf.where(inside[None], images[::-1], images)
+        mixed_labels = (1 - pasted_fraction) * labels + pasted_fraction * labels[::-1]
+        return {**batch, image_key: mixed_images, label_key: mixed_labels}
+
+    return op
