@@ -311,7 +311,17 @@ def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), method: s
 def flip_lr(p: float = 0.5):
     """Mirrors left-right with probability p."""
     _check_probability(p, "flip_lr")
-    return lambda image, seed: _with_probability(p, lambda x, s: x[:, ::-1], image, seed, cheap=True)
+
+    def transform(image, seed):
+        coin_seed, _ = _split(seed, 2)  # the same coin _with_probability would draw
+        width = tf.shape(image)[1]
+        columns = tf.range(width)
+        # One gather with the column order the coin picks: computing both images and selecting
+        # one with tf.where cost 2 ms per 224 px image on CPU.
+        columns = tf.where(_uniform(coin_seed) < p, width - 1 - columns, columns)
+        return tf.gather(image, columns, axis=1)
+
+    return transform
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,12 +384,23 @@ def _gaussian_kernel_radius(image, kernel_size):
 
 
 def _gaussian_blur(image, sigma, kernel_size=None):
-    radius = _gaussian_kernel_radius(image, kernel_size)
+    height = image.shape[0]
+    static_radius = kernel_size // 2 if kernel_size is not None else (max(height // 20, 1) if height else None)
+    radius = _gaussian_kernel_radius(image, kernel_size) if static_radius is None else static_radius
     x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
     kernel = tf.exp(-(x**2) / (2.0 * sigma**2))
     kernel /= tf.reduce_sum(kernel)
+    # Separable: a vertical then a horizontal pass, with reflected borders (as torchvision).
+    if static_radius is not None:
+        # Shifted slices, weighted and summed: ~5x faster on CPU than tf's depthwise convolution
+        # with a 1-D kernel (4.8 vs 25.7 ms at 224 px, one thread), which made blur the bulk of
+        # the DINO/BYOL host pipeline.
+        h, w = tf.shape(image)[0], tf.shape(image)[1]
+        taps = range(2 * radius + 1)
+        padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+        rows = tf.add_n([kernel[j] * padded[j:j + h] for j in taps])
+        return tf.add_n([kernel[j] * rows[:, j:j + w] for j in taps])
     channels = image.shape[-1] or 3
-    # Separable: a horizontal then a vertical pass, with reflected borders (as torchvision).
     padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
     horizontal = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
     vertical = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
