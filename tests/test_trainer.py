@@ -75,3 +75,20 @@ def test_final_results_reproduce_in_evaluate_after_mid_run_evaluations(tmp_path)
     assert set(trained) == {"supervised", "random_init", "raw_pixels"}
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(r["step"] == 2 and "eval/knn/top1" in r for r in records)
+
+
+def test_start_up_report_counts_parameters_and_flops_of_the_small_cnn(tmp_path, capsys):
+    trainer.train(supervised_config("total_steps=2", "eval_baselines=()"), str(tmp_path))
+    out = capsys.readouterr().out
+    # Counted by hand: 3x3 convs (padding 1) 3->8 at stride 1 on 16x16, then 8->16, 16->32, 32->32
+    # at stride 2. XLA counts the products with real (not zero-padding) inputs: per dimension, the
+    # output positions times the taps that land inside the input.
+    def taps_inside(n_in, stride):
+        return sum(0 <= o * stride + k < n_in for o in range(n_in // stride) for k in (-1, 0, 1))
+
+    convs = [(3, 8, 16, 1), (8, 16, 16, 2), (16, 32, 8, 2), (32, 32, 4, 2)]
+    conv_flops = sum(2 * cin * cout * taps_inside(n, stride) ** 2 for cin, cout, n, stride in convs)
+    reported = float(out.split("encoder forward ")[1].split(" GFLOPs")[0]) * 1e9
+    assert 1 <= reported / conv_flops < 1.05  # BN, ReLU and pooling add a few percent
+    params = sum(9 * cin * cout + 2 * cout for cin, cout, _, _ in convs) + 32 * 10 + 10  # convs, BN, classifier
+    assert f"supervised / cnn: {params:,} parameters" in out

@@ -262,8 +262,9 @@ def train(config, workdir: str) -> dict[str, dict[str, float]]:
     first_batch = next(batches)
     step_fn = run.compile_step().lower(state, first_batch).compile()
     step_flops = _flops(step_fn)  # per device: the compiled program is the partitioned one
-    logger.info(f"encoder forward {run.encoder_flops() / 1e9:.3g} GFLOPs per image at "
-                f"{config.data.image_size}px; train step {step_flops / 1e12:.3g} TFLOPs per device")
+    size = config.data.image_size  # 0: images keep their own sizes, so no single forward cost
+    encoder_cost = f"encoder forward {run.encoder_flops() / 1e9:.3g} GFLOPs per image at {size}px; " if size else ""
+    logger.info(f"{encoder_cost}train step {step_flops / 1e12:.3g} TFLOPs per device")
     batches = itertools.chain([first_batch], batches)
     pending: list[tuple[int, dict]] = []  # dispatched steps whose metrics are not fetched yet
     since_log: list[dict] = []  # fetched metrics of the steps since the last log line
