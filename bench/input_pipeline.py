@@ -132,8 +132,7 @@ def host_dataset(source: Source, augment, batch: int, threads: int | None, seed:
         out["label"] = loaded["label"]
         return out
 
-    options = tf.data.Options()
-    options.deterministic = True
+    options = pipeline.pipeline_options()
     if threads is not None:
         options.threading.private_threadpool_size = threads
         options.threading.max_intra_op_parallelism = 1
