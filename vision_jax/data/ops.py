@@ -358,7 +358,8 @@ def color_jitter(brightness: float = 0.4, contrast: float = 0.4, saturation: flo
         order = tf.random.experimental.stateless_shuffle(tf.range(4), seeds[4])
         # Four positions unrolled, each a switch over the four adjustments. A tf.while_loop over
         # the positions traces 4x fewer ops but ran the whole jitter ~1.5x slower per image inside
-        # tf.data (16 px digits, 2 cores); multi-view recipes already keep one copy of the view.
+        # tf.data (16 px digits, 2 cores). Tracing stays small: recipes with more than two views
+        # trace one copy of the view (views._views).
         x = image
         for position in range(4):
             branches = [(lambda fn=fn, x=x: fn(x)) if strength > 0 else (lambda x=x: x)

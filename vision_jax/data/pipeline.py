@@ -29,12 +29,12 @@ tf.config.set_visible_devices([], "GPU")
 def pipeline_options() -> tf.data.Options:
     """Options of every pipeline here: deterministic order, and no tf.data autotuning.
 
-    With autotuning on, deleting an endless training iterator (at the end of every run) blocked
-    for 5 s after a 15 s run and 30-60 s after a 4 min run (TF 2.21, 2 cores; the tuner's wait
-    grows with the run), and it sped nothing up here: AUTOTUNE map parallelism falls back to
-    TF's fixed default (bounded by the threadpool) and the prefetch depths are set explicitly.
-    The main job's digits pipeline gave 2,535-2,786 examples/s without autotuning vs 2,203-2,446
-    with it; the SimCLR CIFAR zip pipeline 1,450 vs 1,495 (2 cores).
+    With autotuning on, deleting an endless training iterator (which every run does at its end)
+    blocked for up to 5.6 s after 15 s of iteration and 27-60 s after a 4-minute main job
+    (TF 2.21, 2 cores); with it off, 0.2-0.4 s. No measurable loss: map parallelism (AUTOTUNE)
+    then takes TF's default and the prefetch depths are set explicitly. On 2 cores the main
+    job's digits pipeline gave 2,535-2,786 examples/s without autotuning vs 2,203-2,446 with it,
+    and the SimCLR CIFAR zip pipeline 1,450 vs 1,495.
     """
     options = tf.data.Options()
     options.deterministic = True
