@@ -51,15 +51,21 @@ def train_batches(source: Source, augment: Callable, *, global_batch: int, seed:
     with the stateless seed (seed, step, process index). It mixes examples within this process's
     slice, so unlike the per-example randomness its result depends on the process count.
     """
-    if global_batch % process_count:
-        raise ConfigError(f"Global batch {global_batch} is not divisible by {process_count} processes.")
-    local_batch = global_batch // process_count
+    return train_dataset(source, augment, global_batch=global_batch, seed=seed, start_step=start_step,
+                         process_index=process_index, process_count=process_count, prefetch=prefetch,
+                         batch_transform=batch_transform).as_numpy_iterator()
+
+
+def train_dataset(source: Source, augment: Callable, *, global_batch: int, seed: int, start_step: int,
+                  process_index: int = 0, process_count: int = 1, prefetch: int = 2,
+                  batch_transform: Callable | None = None) -> tf.data.Dataset:
+    """The tf.data pipeline behind `train_batches` (benchmarks time it with other thread options)."""
+    local_batch = _local_batch(global_batch, process_count)
     num_examples = source.num_examples
 
     @tf.autograph.experimental.do_not_convert  # plain graph code; autograph only adds warnings
     def example(local_counter):
-        step, j = local_counter // local_batch, local_counter % local_batch
-        slot = step * global_batch + process_index * local_batch + j
+        slot = _global_slot(local_counter, local_batch, global_batch, process_index)
         epoch, within = slot // num_examples, slot % num_examples
         index = tf.random.experimental.index_shuffle(
             within, seed=tf.stack([tf.constant(-seed - 1, tf.int64), epoch]), max_index=num_examples - 1)
@@ -82,8 +88,7 @@ def train_batches(source: Source, augment: Callable, *, global_batch: int, seed:
 
         dataset = dataset.enumerate(start_step).map(transform, num_parallel_calls=tf.data.AUTOTUNE,
                                                     deterministic=True)
-    dataset = dataset.prefetch(prefetch).with_options(pipeline_options())
-    return dataset.as_numpy_iterator()
+    return dataset.prefetch(prefetch).with_options(pipeline_options())
 
 
 def eval_batches(source: Source, preprocess: Callable, *, global_batch: int, process_index: int = 0,
@@ -92,16 +97,13 @@ def eval_batches(source: Source, preprocess: Callable, *, global_batch: int, pro
 
     Each batch has a 'mask' (1 for real examples, 0 for padding) that evaluators must honour.
     """
-    if global_batch % process_count:
-        raise ConfigError(f"Global batch {global_batch} is not divisible by {process_count} processes.")
-    local_batch = global_batch // process_count
+    local_batch = _local_batch(global_batch, process_count)
     num_examples = source.num_examples
     num_steps = math.ceil(num_examples / global_batch)
 
     @tf.autograph.experimental.do_not_convert  # plain graph code; autograph only adds warnings
     def example(local_counter):
-        step, j = local_counter // local_batch, local_counter % local_batch
-        slot = step * global_batch + process_index * local_batch + j
+        slot = _global_slot(local_counter, local_batch, global_batch, process_index)
         loaded = source.load(tf.minimum(slot, num_examples - 1))
         out = preprocess(loaded["image"], tf.zeros([2], tf.int64))
         out["label"] = loaded["label"]
@@ -114,6 +116,18 @@ def eval_batches(source: Source, preprocess: Callable, *, global_batch: int, pro
                .prefetch(2)
                .with_options(pipeline_options()))
     return dataset.as_numpy_iterator()
+
+
+def _local_batch(global_batch: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise ConfigError(f"Global batch {global_batch} is not divisible by {process_count} processes.")
+    return global_batch // process_count
+
+
+def _global_slot(local_counter: tf.Tensor, local_batch: int, global_batch: int, process_index: int) -> tf.Tensor:
+    """This process's `local_counter`-th example is slot j of its share of global batch `step`."""
+    step, j = local_counter // local_batch, local_counter % local_batch
+    return step * global_batch + process_index * local_batch + j
 
 
 def num_eval_batches(source: Source, global_batch: int) -> int:

@@ -8,6 +8,9 @@ Registered sources: `digits` (scikit-learn's 1,797 8x8 digits, embedded: no down
 `image_folder` (`root/<split>/<class>/*.jpg`, root a directory or a .zip), `arrays` (an .npz of
 uint8 images and labels; `arrays_source` takes numpy arrays directly), and `tfds` (any prepared
 tfds dataset by name).
+`image_folder` and `tfds` read and decode each example when the pipeline asks for it, so host
+memory holds an index (file names and labels) but no images, whatever the dataset's size;
+`digits`, `arrays` and `tfds(in_memory=True)` hold the decoded images in memory.
 Splits without a fixed order (digits, image folders) are listed in sorted order, then permuted
 with `split_seed` before slicing, so `train[:45000]` / `train[45000:]` is a fixed, seeded holdout.
 """
@@ -27,6 +30,8 @@ from vision_jax.errors import ConfigError, DataError, MissingDataError
 from vision_jax.registry import Registry, closest
 
 SOURCES = Registry("data source")
+# Where image_folder caches its listings unless told otherwise: one small file per folder and split.
+DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "vision_jax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,11 @@ def _seeded_slice(split: str, num_examples: int, split_seed: int) -> np.ndarray:
     return np.random.default_rng(split_seed).permutation(num_examples)[begin:end]
 
 
+def _sized(image: tf.Tensor, size: int) -> tf.Tensor:
+    """The image resized to size x size, or as it is with size 0."""
+    return _resize(image, size) if size else image
+
+
 def _resize(images: tf.Tensor, size: int) -> tf.Tensor:
     resized = tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
@@ -73,27 +83,31 @@ def digits(split: str, image_size: int, split_seed: int = 0) -> Source:
 
 
 @SOURCES.register("image_folder")
-def image_folder(root: str, split: str, image_size: int, split_seed: int = 0,
-                 max_bad_fraction: float = 0.001) -> Source:
+def image_folder(root: str, split: str, image_size: int, split_seed: int = 0, max_bad_fraction: float = 0.001,
+                 validate: bool = True, listing_cache: str = DEFAULT_CACHE_DIR) -> Source:
     """Images in `root/<split>/<class>/<file>`, where root is a directory or a .zip archive.
 
-    Classes are the sorted class-folder names over all splits. Unreadable files are skipped
-    with one warning naming the first and the count; more than `max_bad_fraction` is an error.
-    `image_size=0` keeps each image at its own size (for recipes that crop from the full image).
+    Classes are the sorted class-folder names over all splits. The listing is cached in
+    `listing_cache` ('' = no cache; see data/image_files.py for when it is re-listed).
+    `validate=True` decodes every file once before training and skips the unreadable ones with
+    one warning (the result is cached with the listing); `validate=False` (for a million files)
+    reads nothing up front and replaces a file that fails to decode when met by the next readable
+    one, the same on every run and resume. Either way, more than `max_bad_fraction` unreadable is
+    an error. `image_size=0` keeps each image at its own size (for recipes that crop from the
+    full image).
     """
     name, _, _ = parse_split(split)
-    images = image_files.list_images(root, name, max_bad_fraction)
-    index = _seeded_slice(split, len(images.keys), split_seed)
-    selected = dataclasses.replace(images, keys=tuple(np.asarray(images.keys)[index]))
-    labels_t = tf.constant(images.labels[index])
-    read = image_files.byte_reader(selected)
+    images = image_files.list_images(root, name, validate=validate, max_bad_fraction=max_bad_fraction,
+                                     cache_dir=listing_cache)
+    images = images.select(_seeded_slice(split, len(images.keys), split_seed))
+    labels_t = tf.constant(images.labels)
+    decode = image_files.decoder(images, replace_unreadable=not validate, max_bad_fraction=max_bad_fraction)
 
     @tf.autograph.experimental.do_not_convert  # plain graph code; autograph only adds risk
     def load(i):
-        image = decode_to_uint8(read(i))
-        return {"image": _resize(image, image_size) if image_size else image, "label": tf.gather(labels_t, i)}
+        return {"image": _sized(decode(i), image_size), "label": tf.gather(labels_t, i)}
 
-    return Source(len(index), len(images.classes), load, f"image_folder {root} {split}")
+    return Source(len(images.keys), len(images.classes), load, f"image_folder {root} {split}")
 
 
 @SOURCES.register("arrays")
@@ -135,13 +149,73 @@ def arrays_source(images: np.ndarray, labels: np.ndarray, split: str = "train", 
 
 
 @SOURCES.register("tfds")
-def tfds_source(name: str, split: str, image_size: int, data_dir: str | None = None,
-                image_key: str = "image", label_key: str = "label") -> Source:
-    """A prepared tensorflow-datasets dataset, loaded into memory at `image_size`.
+def tfds_source(name: str, split: str, image_size: int, data_dir: str | None = None, image_key: str = "image",
+                label_key: str = "label", in_memory: bool = False) -> Source:
+    """A prepared tensorflow-datasets dataset; the split string goes to tfds, so tfds slicing
+    ('train[:90%]') works.
 
-    In-memory loading suits datasets up to CIFAR/ImageNet-64 scale; the split string is passed to
-    tfds, so tfds slicing ('train[:90%]') works.
+    Examples are read by random access from the dataset's ArrayRecord files (`tfds.data_source`;
+    prepare with file_format='array_record') and decoded one at a time as the pipeline asks for
+    them, so host memory does not grow with the dataset. A dataset stored only as TFRecord gets
+    an error saying how to convert it. `in_memory=True` decodes the whole split into host memory
+    once instead, from either format (for CIFAR-sized data); images are stored at `image_size`,
+    or at their own size when the dataset declares one.
     """
+    import tensorflow_datasets as tfds
+
+    builder = _prepared_builder(name, data_dir)
+    features = builder.info.features
+    for key, kind, option in ((image_key, tfds.features.Image, "image_key"),
+                              (label_key, tfds.features.ClassLabel, "label_key")):
+        if not isinstance(features[key] if key in features.keys() else None, kind):
+            raise ConfigError(f"tfds {name} has no {kind.__name__} feature {key!r} (its features: "
+                              f"{', '.join(features.keys())}); set config.data.source.{option}.")
+    num_classes = features[label_key].num_classes
+    description = f"tfds {name}[{split}]"
+
+    @tf.autograph.experimental.do_not_convert
+    def example(encoded_image, label):
+        return {"image": _sized(decode_to_uint8(encoded_image), image_size), "label": tf.cast(label, tf.int32)}
+
+    if tfds.core.file_adapters.FileFormat.ARRAY_RECORD in builder.info.available_file_formats():
+        records = builder.as_data_source(split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+        spec = {key: features.tf_example_spec[key] for key in (image_key, label_key)}
+
+        @tf.autograph.experimental.do_not_convert
+        def load(index):
+            record = tf.numpy_function(lambda i: records[int(i)], [index], tf.string, stateful=False)
+            record.set_shape(())
+            parsed = tf.io.parse_single_example(record, spec)
+            return example(parsed[image_key], parsed[label_key])
+
+        if not in_memory:
+            return Source(len(records), num_classes, load, description)
+        examples = tf.data.Dataset.range(len(records)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    elif in_memory:
+        examples = builder.as_dataset(split=split, shuffle_files=False,
+                                      decoders={image_key: tfds.decode.SkipDecoding()}).map(
+            lambda ex: example(ex[image_key], ex[label_key]), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        raise MissingDataError(
+            f"tfds dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format.value} only, "
+            f"which cannot be read by index (and the input order must be a function of (seed, step) to resume "
+            f"exactly). Convert it once; the ArrayRecord files go beside the others: python -m "
+            f"vision_jax.data.convert_tfds --name={name}{f' --data_dir={data_dir}' if data_dir else ''}  (or, if "
+            f"it fits in host memory, load it there: --config.data.source.in_memory=True)")
+    if not image_size and None in features[image_key].shape:
+        raise ConfigError(f"tfds {name}'s images vary in size ({features[image_key].shape}), so in_memory=True "
+                          f"needs config.data.image_size to store them at one size.")
+    images, labels = [], []
+    for batch in examples.batch(1024).as_numpy_iterator():
+        images.append(batch["image"])
+        labels.append(batch["label"])
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(f"tfds {name}[{split}] has labels outside [0, {num_classes}).")
+    return in_memory_source(images, labels, num_classes, f"{description} in memory")
+
+
+def _prepared_builder(name: str, data_dir: str | None):
     import tensorflow_datasets as tfds
 
     try:
@@ -149,28 +223,15 @@ def tfds_source(name: str, split: str, image_size: int, data_dir: str | None = N
     except tfds.core.registered.DatasetNotFoundError:
         known = tfds.list_builders()
         raise ConfigError(f"tfds has no dataset {name!r}.{closest(name, known)}") from None
-    try:
-        dataset = builder.as_dataset(split=split, shuffle_files=False)
-    except AssertionError as error:  # tfds's way of saying the data is not in data_dir
+    if not builder.is_prepared():
+        root = os.fspath(builder.data_dir_root)
+        # `tfds build` needs apache-beam, which tensorflow-datasets does not install: the
+        # Python call below works in this package's environment.
         raise MissingDataError(
-            f"tfds dataset {name!r} is not prepared in data_dir={builder.data_dir_root!r}. Prepare it "
-            f"once with: tfds build {name} --data_dir={builder.data_dir_root}  ({error})") from None
-    num_classes = builder.info.features[label_key].num_classes
-
-    def to_example(example):
-        image = example[image_key]
-        if image.shape[-1] == 1:
-            image = tf.image.grayscale_to_rgb(image)
-        return _resize(image, image_size), tf.cast(example[label_key], tf.int32)
-
-    images, labels = [], []
-    for image, label in dataset.map(to_example).batch(1024).as_numpy_iterator():
-        images.append(image)
-        labels.append(label)
-    images, labels = np.concatenate(images), np.concatenate(labels)
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise DataError(f"tfds {name}[{split}] has labels outside [0, {num_classes}).")
-    return in_memory_source(images, labels, num_classes, f"tfds {name}[{split}]")
+            f"tfds dataset {name!r} is not prepared in data_dir={root!r}. Prepare it once as ArrayRecord "
+            f"files, which the pipeline reads by index: python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.builder('{name}', data_dir='{root}').download_and_prepare(file_format='array_record')\"")
+    return builder
 
 
 def build_source(source_config, split: str, image_size: int) -> Source:
