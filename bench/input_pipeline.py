@@ -20,10 +20,9 @@ it adds the high-frequency content that upscaling lacks), saved as JPEG quality 
 grows with size and entropy, so the mean file size is printed; ILSVRC-2012's training images
 average about 110 KB (~140 GB / 1.28 M files) at about 400 x 350 px.
 
-The host pipelines are built here from the same pieces as pipeline.train_batches (counter ->
-index_shuffle -> source.load -> augment with stateless seed (seed, slot) -> batch -> prefetch),
-so the thread options can be set; the eval recipes go through that graph too (the work per
-example is the one eval_batches does). Protocol: --warmup_batches untimed, then batches until
+The host pipelines are pipeline.train_dataset (the graph behind train_batches) with tf.data's
+thread options set; the eval recipes go through that graph too (the work per example is the one
+eval_batches does). Protocol: --warmup_batches untimed, then batches until
 --seconds have passed; images/s counts source images (a DINO image is 10 crops).
 
     PYTHONPATH=. python bench/input_pipeline.py
@@ -118,29 +117,15 @@ def make_imagenet_like_jpegs(root: str, pictures, size: tuple[int, int], noise: 
 
 
 def host_dataset(source: Source, augment, batch: int, threads: int | None, seed: int = 0) -> tf.data.Dataset:
-    """pipeline.train_batches' graph for one process (same order, seeds and ops), with tf.data
-    held to `threads` threads (None: tf.data's defaults, every core)."""
-    num_examples = source.num_examples
-
-    @tf.autograph.experimental.do_not_convert
-    def example(slot):
-        epoch, within = slot // num_examples, slot % num_examples
-        index = tf.random.experimental.index_shuffle(
-            within, seed=tf.stack([tf.constant(-seed - 1, tf.int64), epoch]), max_index=num_examples - 1)
-        loaded = source.load(index)
-        out = augment(loaded["image"], tf.stack([tf.constant(seed, tf.int64), slot]))
-        out["label"] = loaded["label"]
-        return out
-
-    options = pipeline.pipeline_options()
-    if threads is not None:
-        options.threading.private_threadpool_size = threads
-        options.threading.max_intra_op_parallelism = 1
-    return (tf.data.Dataset.counter()
-            .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch, drop_remainder=True)
-            .prefetch(2)
-            .with_options(options))
+    """pipeline.train_dataset for one process, with tf.data held to `threads` threads (None:
+    tf.data's defaults, every core)."""
+    dataset = pipeline.train_dataset(source, augment, global_batch=batch, seed=seed, start_step=0)
+    if threads is None:
+        return dataset
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
+    return dataset.with_options(options)
 
 
 def images_per_s(dataset: tf.data.Dataset, batch: int, warmup_batches: int, seconds: float) -> float:

@@ -129,6 +129,19 @@ def test_string_and_nested_free_form_overrides():
     assert config.method.temperature == 0.1
 
 
+def test_free_form_sections_take_options_the_recipe_does_not_set():
+    config = load_config(RECIPE, ["data.source.name=image_folder", "data.source.root=/data/x",
+                                  "data.source.validate=false", "data.source.max_bad_fraction=0.01"])
+    assert config.data.source.to_dict() == {"name": "image_folder", "root": "/data/x", "validate": False,
+                                            "max_bad_fraction": 0.01}
+    config = load_config(RECIPE, ["data.source.valdate=false"])  # the registry names the mistake on use
+    with pytest.raises(ValueError, match=r"has no option 'valdate'\. Did you mean 'validate'"):
+        SOURCES.build("image_folder", {k: v for k, v in config.data.source.items() if k != "name"}, split="train",
+                      image_size=8)
+    with pytest.raises(ValueError, match=r"Unknown config key 'data\.image_sise'"):
+        load_config(RECIPE, ["data.image_sise=8"])  # outside free-form sections keys stay fixed
+
+
 # ----------------------------------------------------------------------------------------------
 # validate()
 # ----------------------------------------------------------------------------------------------

@@ -493,32 +493,3 @@ def test_image_folder_mixed_modes_load_as_rgb(tmp_path):
     # PNGs are lossless: grey is replicated to three channels, alpha is dropped.
     assert found.get(image_hash(np.repeat(gray[..., None], 3, axis=-1))) == 0
     assert found.get(image_hash(rgba[..., :3])) == 1
-
-
-# ----------------------------------------------------------------------------------------------
-# tfds source
-# ----------------------------------------------------------------------------------------------
-
-
-def test_tfds_source_with_mock_data():
-    import tensorflow_datasets as tfds
-
-    with tfds.testing.mock_data(num_examples=12):
-        source = SOURCES.build("tfds", {"name": "mnist"}, split="train", image_size=16)
-    assert source.num_examples == 12 and source.num_classes == 10
-    data = load_all(source)
-    assert data["image"].shape == (12, 16, 16, 3) and data["image"].dtype == np.uint8
-    # MNIST is grey: converted to three identical channels.
-    np.testing.assert_array_equal(data["image"][..., 0], data["image"][..., 1])
-    np.testing.assert_array_equal(data["image"][..., 0], data["image"][..., 2])
-    assert data["label"].min() >= 0 and data["label"].max() < 10
-
-
-def test_tfds_unknown_dataset_suggests_names():
-    with pytest.raises(ValueError, match=r"tfds has no dataset 'mnistt'\. Did you mean 'mnist'"):
-        sources.tfds_source("mnistt", "train", image_size=8)
-
-
-def test_tfds_unprepared_dataset_says_how_to_build(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"not prepared.*tfds build mnist --data_dir="):
-        sources.tfds_source("mnist", "train", image_size=8, data_dir=str(tmp_path))

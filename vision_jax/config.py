@@ -145,7 +145,13 @@ def apply_override(config: ConfigDict, dotted_key: str, raw: str) -> None:
             raise ConfigError(f"Config key {'.'.join(parents[: i + 1])!r} is a value, not a section, "
                              f"so it has no field {dotted_key!r}.")
     if leaf not in node:
-        raise ConfigError(_unknown_key_message(dotted_key, node))
+        if ".".join(parents) not in FREE_FORM_SECTIONS:
+            raise ConfigError(_unknown_key_message(dotted_key, node))
+        # An option of a named factory that the recipe leaves at its default (e.g.
+        # --config.data.source.validate=false): the registry checks it against the signature.
+        booleans = {"true": True, "false": False}
+        node[leaf] = booleans[raw.lower()] if raw.lower() in booleans else _coerce(raw, None, f"--config.{dotted_key}")
+        return
     node[leaf] = _coerce(raw, node[leaf], f"--config.{dotted_key}")
 
 

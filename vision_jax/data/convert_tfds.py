@@ -1,7 +1,7 @@
 """Adds ArrayRecord files to a tfds dataset prepared as TFRecord, so the `tfds` source can read it
 by index:
 
-    python -m vision_jax.data.convert_tfds --name=cifar10 --data_dir=~/tensorflow_datasets
+    python -m vision_jax.data.convert_tfds --dataset=cifar10 --data_dir=~/tensorflow_datasets
 
 Each TFRecord shard is copied record for record (the serialized examples are not decoded) to an
 ArrayRecord shard of the same name beside it, and dataset_info.json then lists array_record as
@@ -22,18 +22,18 @@ import tensorflow as tf
 from vision_jax.errors import DataError
 
 
-def convert(name: str, data_dir: str | None = None) -> list[str]:
+def convert(dataset: str, data_dir: str | None = None) -> list[str]:
     """Writes the ArrayRecord shards of every split of a prepared tfds dataset; returns their paths."""
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core.file_adapters import ArrayRecordFileAdapter, FileFormat
 
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = tfds.builder(dataset, data_dir=data_dir)
     if not builder.is_prepared():
-        raise DataError(f"tfds dataset {name!r} is not prepared in {os.fspath(builder.data_dir_root)}; nothing to "
+        raise DataError(f"tfds dataset {dataset!r} is not prepared in {os.fspath(builder.data_dir_root)}; nothing to "
                         f"convert.")
     info = builder.info
     if FileFormat.ARRAY_RECORD in info.available_file_formats():
-        print(f"{name} in {builder.data_dir} already has ArrayRecord files.")
+        print(f"{dataset} in {builder.data_dir} already has ArrayRecord files.")
         return []
     written = []
     for split in info.splits.values():
@@ -61,13 +61,13 @@ def convert(name: str, data_dir: str | None = None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--name", required=True, help="tfds dataset name, e.g. cifar10 or imagenet2012:5.1.0")
+    parser.add_argument("--dataset", required=True, help="tfds dataset name, e.g. cifar10 or imagenet2012:5.1.0")
     parser.add_argument("--data_dir", default=None, help="tfds data_dir (default: tfds's own)")
     args = parser.parse_args(argv)
     data_dir = os.path.expanduser(args.data_dir) if args.data_dir else None
-    written = convert(args.name, data_dir)
+    written = convert(args.dataset, data_dir)
     if written:
-        print(f"Wrote {len(written)} ArrayRecord shard(s); the tfds source now reads {args.name} by index.")
+        print(f"Wrote {len(written)} ArrayRecord shard(s); the tfds source now reads {args.dataset} by index.")
 
 
 if __name__ == "__main__":

@@ -264,8 +264,9 @@ def _read_file(images: ImageList, i: int) -> bytes:
 
 
 def decoder(images: ImageList, replace_unreadable: bool = False,
-            max_bad_fraction: float = 0.0) -> Callable[[tf.Tensor], tf.Tensor]:
-    """`decode(index) -> uint8 [H, W, 3]`, image `index` of the list, a tf.data-traceable op.
+            max_bad_fraction: float = 0.0) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """`decode(index) -> (used, uint8 [H, W, 3])`: image `index` of the list, a tf.data-traceable
+    op; `used` is the index of the file it came from (always `index` without replacement).
 
     With `replace_unreadable`, a file that cannot be read or decoded is replaced by the next
     readable file in the list's order (wrapping around): the replacement depends on the files
@@ -277,7 +278,7 @@ def decoder(images: ImageList, replace_unreadable: bool = False,
 
     @tf.autograph.experimental.do_not_convert
     def decode(index):
-        return decode_to_uint8(read(index))
+        return index, decode_to_uint8(read(index))
 
     if not replace_unreadable:
         return decode
@@ -292,15 +293,14 @@ def decoder(images: ImageList, replace_unreadable: bool = False,
         # one read and one decode, as without replacement. Past `limit` unreadable ones in a row
         # the run fails anyway, so the search stops there.
         candidates = tf.data.Dataset.range(index, index + log.limit + 1).map(lambda k: k % num_images)
-        decoded = candidates.map(lambda k: (k, decode(k))).ignore_errors()
-        used, image = decoded.concatenate(none_readable).take(1).get_single_element()
+        used, image = candidates.map(decode).ignore_errors().concatenate(none_readable).take(1).get_single_element()
 
         def note_replacement():
             count = tf.numpy_function(log.note, [index, used], tf.int64, stateful=True)
             with tf.control_dependencies([count]):
-                return tf.identity(image)
+                return tf.identity(used), tf.identity(image)
 
-        return tf.cond(tf.equal(used, index), lambda: image, note_replacement)
+        return tf.cond(tf.equal(used, index), lambda: (used, image), note_replacement)
 
     return decode_or_replace
 

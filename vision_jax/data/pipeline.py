@@ -14,13 +14,14 @@ would make the global batch (and so the run) depend on how many processes there 
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from vision_jax.data.sources import Source
-from vision_jax.errors import ConfigError
+from vision_jax.errors import ConfigError, DataError
 
 # tf.data runs on the host; keep TensorFlow off any accelerator so JAX owns its memory.
 tf.config.set_visible_devices([], "GPU")
@@ -51,9 +52,9 @@ def train_batches(source: Source, augment: Callable, *, global_batch: int, seed:
     with the stateless seed (seed, step, process index). It mixes examples within this process's
     slice, so unlike the per-example randomness its result depends on the process count.
     """
-    return train_dataset(source, augment, global_batch=global_batch, seed=seed, start_step=start_step,
-                         process_index=process_index, process_count=process_count, prefetch=prefetch,
-                         batch_transform=batch_transform).as_numpy_iterator()
+    return _numpy_batches(train_dataset(source, augment, global_batch=global_batch, seed=seed, start_step=start_step,
+                                        process_index=process_index, process_count=process_count, prefetch=prefetch,
+                                        batch_transform=batch_transform))
 
 
 def train_dataset(source: Source, augment: Callable, *, global_batch: int, seed: int, start_step: int,
@@ -66,10 +67,7 @@ def train_dataset(source: Source, augment: Callable, *, global_batch: int, seed:
     @tf.autograph.experimental.do_not_convert  # plain graph code; autograph only adds warnings
     def example(local_counter):
         slot = _global_slot(local_counter, local_batch, global_batch, process_index)
-        epoch, within = slot // num_examples, slot % num_examples
-        index = tf.random.experimental.index_shuffle(
-            within, seed=tf.stack([tf.constant(-seed - 1, tf.int64), epoch]), max_index=num_examples - 1)
-        loaded = source.load(index)
+        loaded = source.load(example_index(slot, num_examples, seed))
         out = augment(loaded["image"], tf.stack([tf.constant(seed, tf.int64), slot]))
         out["label"] = loaded["label"]
         return out
@@ -115,7 +113,32 @@ def eval_batches(source: Source, preprocess: Callable, *, global_batch: int, pro
                .batch(local_batch)
                .prefetch(2)
                .with_options(pipeline_options()))
-    return dataset.as_numpy_iterator()
+    return _numpy_batches(dataset)
+
+
+def example_index(slot: tf.Tensor, num_examples: int, seed: int) -> tf.Tensor:
+    """The example that global slot `slot` holds: position `slot % N` of epoch `slot // N`'s permutation."""
+    epoch, within = slot // num_examples, slot % num_examples
+    return tf.random.experimental.index_shuffle(
+        within, seed=tf.stack([tf.constant(-seed - 1, tf.int64), epoch]), max_index=num_examples - 1)
+
+
+def _numpy_batches(dataset: tf.data.Dataset) -> Iterator[dict]:
+    """The dataset's elements as numpy. A DataError raised inside the pipeline (too many
+    unreadable images, say) reaches tf.data's caller as an InvalidArgumentError carrying its
+    text; it is raised again as the DataError, so the command line prints the one-line message."""
+    iterator = dataset.as_numpy_iterator()
+    while True:
+        try:
+            element = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.InvalidArgumentError as error:
+            raised = re.search(r"\bDataError: (.*)", error.message)
+            if raised is None:
+                raise
+            raise DataError(raised.group(1)) from None
+        yield element
 
 
 def _local_batch(global_batch: int, process_count: int) -> int:

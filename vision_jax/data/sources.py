@@ -105,7 +105,8 @@ def image_folder(root: str, split: str, image_size: int, split_seed: int = 0, ma
 
     @tf.autograph.experimental.do_not_convert  # plain graph code; autograph only adds risk
     def load(i):
-        return {"image": _sized(decode(i), image_size), "label": tf.gather(labels_t, i)}
+        used, image = decode(i)  # `used` differs from i where an unreadable file was replaced
+        return {"image": _sized(image, image_size), "label": tf.gather(labels_t, used)}
 
     return Source(len(images.keys), len(images.classes), load, f"image_folder {root} {split}")
 
@@ -149,10 +150,10 @@ def arrays_source(images: np.ndarray, labels: np.ndarray, split: str = "train", 
 
 
 @SOURCES.register("tfds")
-def tfds_source(name: str, split: str, image_size: int, data_dir: str | None = None, image_key: str = "image",
+def tfds_source(dataset: str, split: str, image_size: int, data_dir: str | None = None, image_key: str = "image",
                 label_key: str = "label", in_memory: bool = False) -> Source:
-    """A prepared tensorflow-datasets dataset; the split string goes to tfds, so tfds slicing
-    ('train[:90%]') works.
+    """A prepared tensorflow-datasets dataset, named by `dataset` (e.g. 'imagenet2012'); the split
+    string goes to tfds, so tfds slicing ('train[:90%]') works.
 
     Examples are read by random access from the dataset's ArrayRecord files (`tfds.data_source`;
     prepare with file_format='array_record') and decoded one at a time as the pipeline asks for
@@ -163,15 +164,15 @@ def tfds_source(name: str, split: str, image_size: int, data_dir: str | None = N
     """
     import tensorflow_datasets as tfds
 
-    builder = _prepared_builder(name, data_dir)
+    builder = _prepared_builder(dataset, data_dir)
     features = builder.info.features
     for key, kind, option in ((image_key, tfds.features.Image, "image_key"),
                               (label_key, tfds.features.ClassLabel, "label_key")):
         if not isinstance(features[key] if key in features.keys() else None, kind):
-            raise ConfigError(f"tfds {name} has no {kind.__name__} feature {key!r} (its features: "
+            raise ConfigError(f"tfds {dataset} has no {kind.__name__} feature {key!r} (its features: "
                               f"{', '.join(features.keys())}); set config.data.source.{option}.")
     num_classes = features[label_key].num_classes
-    description = f"tfds {name}[{split}]"
+    description = f"tfds {dataset}[{split}]"
 
     @tf.autograph.experimental.do_not_convert
     def example(encoded_image, label):
@@ -197,13 +198,13 @@ def tfds_source(name: str, split: str, image_size: int, data_dir: str | None = N
             lambda ex: example(ex[image_key], ex[label_key]), num_parallel_calls=tf.data.AUTOTUNE)
     else:
         raise MissingDataError(
-            f"tfds dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format.value} only, "
+            f"tfds dataset {dataset!r} in {builder.data_dir} is stored as {builder.info.file_format.value} only, "
             f"which cannot be read by index (and the input order must be a function of (seed, step) to resume "
-            f"exactly). Convert it once; the ArrayRecord files go beside the others: python -m "
-            f"vision_jax.data.convert_tfds --name={name}{f' --data_dir={data_dir}' if data_dir else ''}  (or, if "
-            f"it fits in host memory, load it there: --config.data.source.in_memory=True)")
+            f"exactly). Convert it once; the ArrayRecord files go beside the others: python -m vision_jax.data."
+            f"convert_tfds --dataset={dataset}{f' --data_dir={data_dir}' if data_dir else ''}  (or, if it fits in "
+            f"host memory, load it there: --config.data.source.in_memory=True)")
     if not image_size and None in features[image_key].shape:
-        raise ConfigError(f"tfds {name}'s images vary in size ({features[image_key].shape}), so in_memory=True "
+        raise ConfigError(f"tfds {dataset}'s images vary in size ({features[image_key].shape}), so in_memory=True "
                           f"needs config.data.image_size to store them at one size.")
     images, labels = [], []
     for batch in examples.batch(1024).as_numpy_iterator():
@@ -211,26 +212,26 @@ def tfds_source(name: str, split: str, image_size: int, data_dir: str | None = N
         labels.append(batch["label"])
     images, labels = np.concatenate(images), np.concatenate(labels)
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise DataError(f"tfds {name}[{split}] has labels outside [0, {num_classes}).")
+        raise DataError(f"tfds {dataset}[{split}] has labels outside [0, {num_classes}).")
     return in_memory_source(images, labels, num_classes, f"{description} in memory")
 
 
-def _prepared_builder(name: str, data_dir: str | None):
+def _prepared_builder(dataset: str, data_dir: str | None):
     import tensorflow_datasets as tfds
 
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        builder = tfds.builder(dataset, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         known = tfds.list_builders()
-        raise ConfigError(f"tfds has no dataset {name!r}.{closest(name, known)}") from None
+        raise ConfigError(f"tfds has no dataset {dataset!r}.{closest(dataset, known)}") from None
     if not builder.is_prepared():
         root = os.fspath(builder.data_dir_root)
         # `tfds build` needs apache-beam, which tensorflow-datasets does not install: the
         # Python call below works in this package's environment.
         raise MissingDataError(
-            f"tfds dataset {name!r} is not prepared in data_dir={root!r}. Prepare it once as ArrayRecord "
+            f"tfds dataset {dataset!r} is not prepared in data_dir={root!r}. Prepare it once as ArrayRecord "
             f"files, which the pipeline reads by index: python -c \"import tensorflow_datasets as tfds; "
-            f"tfds.builder('{name}', data_dir='{root}').download_and_prepare(file_format='array_record')\"")
+            f"tfds.builder('{dataset}', data_dir='{root}').download_and_prepare(file_format='array_record')\"")
     return builder
 
 
