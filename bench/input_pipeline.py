@@ -27,6 +27,8 @@ eval_batches does). Protocol: --warmup_batches untimed, then batches until
 
     PYTHONPATH=. python bench/input_pipeline.py
     PYTHONPATH=. python bench/input_pipeline.py --seconds=3 --num_jpegs=128 --steps=2   # quicker
+    # The large synthetic case (bench/input_large.py): 200,000 JPEGs made once in --large_dir
+    PYTHONPATH=. python bench/input_pipeline.py --only_large --large_examples=200000
 
 Figures are noisy when other work shares the CPU.
 """
@@ -41,6 +43,7 @@ import tempfile
 import time
 import zipfile
 
+import input_large
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -230,17 +233,33 @@ def main():
     parser.add_argument("--step_batch", type=int, default=32, help="global batch of the data-wait run")
     parser.add_argument("--warmup_steps", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3, help="timed steps of the data-wait run (0: skip it)")
+    parser.add_argument("--large_examples", type=int, default=0,
+                        help="JPEGs of the large case (bench/input_large.py; the issue's size is 200000; 0: skip it)")
+    parser.add_argument("--large_dir", default="/tmp/vision_jax_bench_large", help="where its data are made once")
+    parser.add_argument("--large_size", type=parse_size, default=(160, 120), help="their width x height")
+    parser.add_argument("--large_steps", type=int, default=1000, help="steps of each large case")
+    parser.add_argument("--large_grain_steps", type=int, default=300, help="steps of the grain cases")
+    parser.add_argument("--large_in_memory", type=int, default=20000, help="examples of the in-memory case")
+    parser.add_argument("--large_repeats", type=int, default=1, help="rounds over the large cases (median shown)")
+    parser.add_argument("--only_large", action="store_true", help="skip everything but the large case")
     args = parser.parse_args()
     tf.config.set_visible_devices([], "GPU")  # as pipeline.py: the host pipeline stays on the CPU
     wall_start = time.perf_counter()
-
     zip_path = args.cifar_zip if os.path.isfile(args.cifar_zip) else None
+    print(f"machine: {CORES} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}, "
+          f"tensorflow {tf.__version__}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    if not args.only_large:
+        run_small(args, zip_path)
+    if args.large_examples:
+        run_large(args, zip_path)
+    print(f"\nwall time {time.perf_counter() - wall_start:.0f} s; load average {os.getloadavg()[0]:.1f}")
+
+
+def run_small(args, zip_path: str | None) -> None:
     if not zip_path:
         print(f"CIFAR-10 zip {args.cifar_zip} not found: skipping the CIFAR pipelines and the data-wait run "
               f"(pass --cifar_zip=PATH).")
     pictures, picture_kind = cifar_pictures(zip_path, max(args.num_jpegs, args.device_batch))
-    print(f"machine: {CORES} CPU cores, jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"tensorflow {tf.__version__}", flush=True)
 
     rows: list[Row] = []
     tmp = tempfile.mkdtemp(prefix="bench_jpegs_")
@@ -251,7 +270,7 @@ def main():
         print(f"made {jpegs['count']} ImageNet-sized JPEGs in {tmp}: {picture_kind} upscaled (PIL bicubic) to "
               f"{width}x{height}, noise std {args.noise:g} levels, quality 90; mean file size "
               f"{jpegs['mean_kb']:.1f} KB (ILSVRC-2012 train averages ~{IMAGENET_MEAN_KB} KB)", flush=True)
-        imagenet = SOURCES.build("image_folder", {"root": tmp}, split="train", image_size=0)
+        imagenet = SOURCES.build("image_folder", {"root": tmp, "listing_cache": ""}, split="train", image_size=0)
 
         cifar_config = None
         if zip_path:
@@ -329,7 +348,57 @@ def main():
         host = by_name["simclr_cifar10"]
         print(f"On-device SimCLR views: {device_rate:.0f} images/s on this CPU ({CORES} cores) vs "
               f"{host.all_cores:.0f} for the host recipe on the same cores.")
-    print(f"\nwall time {time.perf_counter() - wall_start:.0f} s")
+
+
+def run_large(args, zip_path: str | None) -> None:
+    pictures, picture_kind = cifar_pictures(zip_path, 50000)
+    width, height = args.large_size
+    print(f"large case: {args.large_examples} JPEGs {width}x{height} in {args.large_dir}", flush=True)
+    made = input_large.make_dataset(args.large_dir, args.large_examples, args.large_size, args.noise,
+                                    [p for _, p in pictures])
+    print(f"  {'found' if made['cached'] else 'made'} {made['count']} JPEGs ({picture_kind} upscaled, noise std "
+          f"{args.noise:g}, quality 90), mean {made['mean_kb']:.1f} KB, as a folder and as ArrayRecord; writing "
+          f"took {made['seconds']:.0f} s", flush=True)
+    rounds = input_large.run(args.large_dir, args.imagenet_batch, args.large_steps, args.large_grain_steps,
+                             args.large_in_memory, args.large_repeats)
+    # Each figure: the median over the rounds (min-max when there are several).
+    spread = lambda case, key: [r[key] for r in rounds[case] if key in r]
+    median = lambda case, key: float(np.median(spread(case, key))) if spread(case, key) else None
+    for runs in rounds.values():
+        for r in runs:
+            r["after_imports_s"] = r["startup_s"] - r["import_s"]
+    results = {case: {key: median(case, key) for key in ("startup_s", "after_imports_s", "rss_mb", "images_per_s",
+                                                         "load")} for case in rounds}
+    cell = lambda case, key, spec: "-" if results[case][key] is None else format(results[case][key], spec) + (
+        f" ({min(spread(case, key)):{spec}}-{max(spread(case, key)):{spec}})" if len(spread(case, key)) > 1 else "")
+    data = {"array_record": "tfds ArrayRecord", "grain_thread": "tfds ArrayRecord", "grain_process": "tfds ArrayRecord",
+            "folder_listing": "image folder", "folder": "image folder", "folder_validate": "image folder",
+            "in_memory": f"tfds, first {args.large_in_memory} decoded in memory"}
+    loader = {"array_record": "tf.data by index", "grain_thread": "grain, 1 thread",
+              "grain_process": "grain, 1 worker process", "folder_listing": "tf.data; listing (no cache)",
+              "folder": "tf.data; listing cached", "folder_validate": "tf.data; validation pass (no cache)",
+              "in_memory": "tf.data"}
+    print(f"\nLarge case: {made['count']} JPEGs {width}x{height} ({made['mean_kb']:.1f} KB), decode + "
+          f"random_resized_crop(224) + flip, batch {args.imagenet_batch}, one thread (per core), each case in a "
+          f"fresh process, median of {args.large_repeats} round(s) (min-max); start-up = process start to first "
+          f"batch, imports included; RSS after the steps; load = 1-minute load average at the start\n")
+    print("| case | data | loader | start-up (s) | after imports (s) | RSS (MB) | steps | images/s per core | load |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for case in rounds:
+        steps = rounds[case][0].get("steps", 1)
+        print(f"| {case} | {data[case]} | {loader[case]} | {cell(case, 'startup_s', '.1f')} | "
+              f"{cell(case, 'after_imports_s', '.1f')} | {cell(case, 'rss_mb', '.0f')} | {steps} | "
+              f"{cell(case, 'images_per_s', '.0f')} | {cell(case, 'load', '.1f')} |")
+    tfdata, grain_thread, grain_process = (results[c] for c in ("array_record", "grain_thread", "grain_process"))
+    print(f"\nLoader on the same ArrayRecord data and ops: tf.data by index {tfdata['images_per_s']:.0f} images/s per "
+          f"core, first batch {tfdata['after_imports_s']:.1f} s after imports; grain "
+          f"{grain_thread['images_per_s']:.0f} (thread) and {grain_process['images_per_s']:.0f} (worker process), first batch "
+          f"{grain_thread['after_imports_s']:.1f} and {grain_process['after_imports_s']:.1f} s after imports.")
+    extra = results["in_memory"]["rss_mb"] - tfdata["rss_mb"]
+    print(f"Memory: in memory, {args.large_in_memory} decoded examples cost {extra:.0f} MB more than streaming all "
+          f"{made['count']} from ArrayRecord ({extra * 2**20 / args.large_in_memory / 1e3:.0f} KB per example; a "
+          f"{width}x{height} RGB image is {width * height * 3 / 1e3:.1f} KB); streamed, ArrayRecord "
+          f"{tfdata['rss_mb']:.0f} MB and the folder {results['folder']['rss_mb']:.0f} MB resident in all.")
 
 
 if __name__ == "__main__":
