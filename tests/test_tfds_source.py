@@ -65,10 +65,6 @@ def indexed(data_dir: str, split: str = "train", image_size: int = 0, **options)
                          image_size=image_size)
 
 
-def index_of(image: np.ndarray) -> int:
-    return int(image[0, 0, 0]) + 256 * int(image[0, 0, 2])
-
-
 def test_examples_are_read_by_index_as_written(array_record_dir):
     written = indexed_pictures(NUM_EXAMPLES, HEIGHT, WIDTH)
     source = indexed(array_record_dir, "train[1100:]")

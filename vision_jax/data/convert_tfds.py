@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import tensorflow as tf
 
-from vision_jax.errors import DataError
+from vision_jax.errors import DataError, UserError
 
 
 def convert(dataset: str, data_dir: str | None = None) -> list[str]:
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_dir", default=None, help="tfds data_dir (default: tfds's own)")
     args = parser.parse_args(argv)
     data_dir = os.path.expanduser(args.data_dir) if args.data_dir else None
-    written = convert(args.dataset, data_dir)
+    try:
+        written = convert(args.dataset, data_dir)
+    except UserError as error:  # a mistake in the input: its message is the whole story
+        sys.exit(f"error: {error}")
     if written:
         print(f"Wrote {len(written)} ArrayRecord shard(s); the tfds source now reads {args.dataset} by index.")
 

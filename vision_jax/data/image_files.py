@@ -121,7 +121,8 @@ def _listing(root: str, split: str, is_zip: bool, signature: str, cache_dir: str
         raise MissingDataError(
             f"Image folder {images.where!r} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)} files in "
             f"class sub-folders).")
-    empty = [c for i, c in enumerate(classes) if i not in set(np.unique(labels).tolist())]
+    present = set(np.unique(labels).tolist())
+    empty = [c for i, c in enumerate(classes) if i not in present]
     if empty:
         warnings.warn(f"{images.where!r} has no images of class(es) {empty[:5]}{' ...' if len(empty) > 5 else ''} "
                       f"({len(empty)} of {len(classes)}; an empty class folder, or a class only other splits "
