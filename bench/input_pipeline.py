@@ -1,7 +1,9 @@
 """Host input-pipeline throughput on this machine: images/s per CPU core for the tf.data recipes.
 
 Each host pipeline is timed twice, with tf.data held to one thread (the per-core rate:
-`threading.private_threadpool_size = 1`, `max_intra_op_parallelism = 1`) and with every core:
+`threading.private_threadpool_size = 1`, `max_intra_op_parallelism = 1`; also counted per
+CPU-second of the process, which other work on a shared machine does not inflate) and with
+every core:
   1. simclr_cifar10: SimCLR's two views of CIFAR-10, read from the shared zip with the source and
      recipe of configs/simclr_cifar10.py;
   2. dino_multicrop: DINO multi-crop, 2 x 224 + 8 x 96 (views 'dino', defaults), from
@@ -79,6 +81,7 @@ class Row:
     output: str
     one_thread: float | None = None  # images/s
     all_cores: float | None = None
+    per_cpu_second: float | None = None  # images per CPU-second of this process, one thread
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -133,22 +136,25 @@ def host_dataset(source: Source, augment, batch: int, threads: int | None, seed:
     return dataset.with_options(options)
 
 
-def images_per_s(dataset: tf.data.Dataset, batch: int, warmup_batches: int, seconds: float) -> float:
+def images_per_s(dataset: tf.data.Dataset, batch: int, warmup_batches: int, seconds: float) -> tuple[float, float]:
+    """Images per second of wall time, and per CPU-second of this process (on a shared machine
+    the steadier per-core figure: other work's CPU time does not count)."""
     batches = dataset.as_numpy_iterator()
     for _ in range(warmup_batches):  # tracing, first file reads, thread start-up
         next(batches)
-    count, start = 0, time.perf_counter()
+    count, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while count < 2 or time.perf_counter() - start < seconds:
         next(batches)
         count += 1
-    return count * batch / (time.perf_counter() - start)
+    return count * batch / (time.perf_counter() - start), count * batch / (time.process_time() - cpu_start)
 
 
 def time_host(row: Row, source: Source, augment, batch: int, args) -> Row:
     for threads in (1, None):
-        rate = images_per_s(host_dataset(source, augment, batch, threads), batch, args.warmup_batches, args.seconds)
+        rate, per_cpu_second = images_per_s(host_dataset(source, augment, batch, threads), batch, args.warmup_batches,
+                                            args.seconds)
         if threads == 1:
-            row.one_thread = rate
+            row.one_thread, row.per_cpu_second = rate, per_cpu_second
         else:
             row.all_cores = rate
         print(f"  {row.name:<16} {'1 thread' if threads else f'{CORES} cores':>9}: {rate:8.1f} images/s",
@@ -318,14 +324,15 @@ def run_small(args, zip_path: str | None) -> None:
 
     print(f"\nInput pipeline throughput ({CORES}-core CPU; images/s counts source images; "
           f"'1 thread' = tf.data on one thread = per core)\n")
-    print(f"| pipeline | data | output per image | 1 thread (images/s) | all {CORES} cores (images/s) "
-          f"| per core at {CORES} cores |")
-    print("|---|---|---|---:|---:|---:|")
+    print(f"| pipeline | data | output per image | 1 thread (images/s) | 1 thread (per CPU-s) "
+          f"| all {CORES} cores (images/s) | per core at {CORES} cores |")
+    print("|---|---|---|---:|---:|---:|---:|")
     fmt = lambda v: "-" if v is None else f"{v:.1f}"
     for r in rows:
         per_core = None if r.all_cores is None else r.all_cores / CORES
         label = f"{r.name} (this CPU, {CORES} cores)" if r.one_thread is None else r.name
-        print(f"| {label} | {r.data} | {r.output} | {fmt(r.one_thread)} | {fmt(r.all_cores)} | {fmt(per_core)} |")
+        print(f"| {label} | {r.data} | {r.output} | {fmt(r.one_thread)} | {fmt(r.per_cpu_second)} | "
+              f"{fmt(r.all_cores)} | {fmt(per_core)} |")
 
     by_name = {r.name: r for r in rows}
     print()
@@ -373,7 +380,7 @@ def run_large(args, zip_path: str | None) -> None:
         for r in runs:
             r["after_imports_s"] = r["startup_s"] - r["import_s"]
     results = {case: {key: median(case, key) for key in ("startup_s", "after_imports_s", "rss_mb", "images_per_s",
-                                                         "load")} for case in rounds}
+                                                         "images_per_cpu_s", "load")} for case in rounds}
     cell = lambda case, key, spec: "-" if results[case][key] is None else format(results[case][key], spec) + (
         f" ({min(spread(case, key)):{spec}}-{max(spread(case, key)):{spec}})" if len(spread(case, key)) > 1 else "")
     data = {"array_record": "tfds ArrayRecord", "grain_thread": "tfds ArrayRecord", "grain_process": "tfds ArrayRecord",
@@ -387,21 +394,23 @@ def run_large(args, zip_path: str | None) -> None:
           f"random_resized_crop(224) + flip, batch {args.imagenet_batch}, one thread (per core), each case in a "
           f"fresh process, median of {args.large_repeats} round(s) (min-max); start-up = process start to first "
           f"batch, imports included; RSS after the steps; load = 1-minute load average at the start\n")
-    print("| case | data | loader | start-up (s) | after imports (s) | RSS (MB) | steps | images/s per core | load |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| case | data | loader | start-up (s) | after imports (s) | RSS (MB) | steps | images/s, 1 thread "
+          "| images per CPU-s | load |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for case in rounds:
         steps = rounds[case][0].get("steps", 1)
         print(f"| {case} | {data[case]} | {loader[case]} | {cell(case, 'startup_s', '.1f')} | "
               f"{cell(case, 'after_imports_s', '.1f')} | {cell(case, 'rss_mb', '.0f')} | {steps} | "
-              f"{cell(case, 'images_per_s', '.0f')} | {cell(case, 'load', '.1f')} |")
+              f"{cell(case, 'images_per_s', '.0f')} | {cell(case, 'images_per_cpu_s', '.0f')} | "
+              f"{cell(case, 'load', '.1f')} |")
     tfdata = results["array_record"]
     if "grain_thread" in results:
         grain_thread, grain_process = results["grain_thread"], results["grain_process"]
-        print(f"\nLoader on the same ArrayRecord data and ops: tf.data by index {tfdata['images_per_s']:.0f} "
-              f"images/s per core, first batch {tfdata['after_imports_s']:.1f} s after imports; grain "
-              f"{grain_thread['images_per_s']:.0f} (thread) and {grain_process['images_per_s']:.0f} (worker process), "
-              f"first batch {grain_thread['after_imports_s']:.1f} and {grain_process['after_imports_s']:.1f} s after "
-              f"imports.")
+        print(f"\nLoader on the same ArrayRecord data and ops: tf.data by index {tfdata['images_per_cpu_s']:.0f} "
+              f"images per CPU-second, first batch {tfdata['after_imports_s']:.1f} s after imports; grain "
+              f"{grain_thread['images_per_cpu_s']:.0f} (thread) and {grain_process['images_per_cpu_s']:.0f} (worker "
+              f"process), first batch {grain_thread['after_imports_s']:.1f} and "
+              f"{grain_process['after_imports_s']:.1f} s after imports.")
     extra = results["in_memory"]["rss_mb"] - tfdata["rss_mb"]
     print(f"Memory: in memory, {args.large_in_memory} decoded examples cost {extra:.0f} MB more than streaming all "
           f"{made['count']} from ArrayRecord ({extra * 2**20 / args.large_in_memory / 1e3:.0f} KB per example; a "

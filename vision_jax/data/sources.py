@@ -206,14 +206,19 @@ def tfds_source(dataset: str, split: str, image_size: int, data_dir: str | None 
     if not image_size and None in features[image_key].shape:
         raise ConfigError(f"tfds {dataset}'s images vary in size ({features[image_key].shape}), so in_memory=True "
                           f"needs config.data.image_size to store them at one size.")
-    return _decoded_in_memory(examples, num_classes, f"{description} in memory")
+    return _decoded_in_memory(examples, builder.info.splits[split].num_examples, num_classes,
+                              f"{description} in memory")
 
 
-def _decoded_in_memory(examples: tf.data.Dataset, num_classes: int, description: str) -> Source:
-    """An in-memory Source holding every example of `examples` ({'image': uint8, 'label'})."""
-    batches = list(examples.batch(1024).as_numpy_iterator())
-    images = np.concatenate([b["image"] for b in batches])
-    labels = np.concatenate([b["label"] for b in batches])
+def _decoded_in_memory(examples: tf.data.Dataset, count: int, num_classes: int, description: str) -> Source:
+    """An in-memory Source holding the `count` examples of `examples` ({'image': uint8, 'label'})."""
+    images, labels, filled = None, np.zeros([count], np.int32), 0
+    for batch in examples.batch(1024).as_numpy_iterator():
+        if images is None:  # filled in place: no second copy of the pixels while loading
+            images = np.empty((count, *batch["image"].shape[1:]), np.uint8)
+        images[filled:filled + len(batch["label"])] = batch["image"]
+        labels[filled:filled + len(batch["label"])] = batch["label"]
+        filled += len(batch["label"])
     if labels.min() < 0 or labels.max() >= num_classes:
         raise DataError(f"{description} has labels outside [0, {num_classes}).")
     return in_memory_source(images, labels, num_classes, description)
