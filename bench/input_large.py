@@ -17,9 +17,9 @@ rate), for the ImageNet-style decode + random_resized_crop(224) + flip:
   in_memory        tfds in_memory=True on the first --large_in_memory examples (decoded once)
 
 and reports start-up (process start to first batch, and the part of it that is imports), the
-resident memory (RSS) after the steps, and after the first tenth of the steps images per second
-of wall time and per CPU-second (the process's CPU time: on a shared machine the steadier
-per-core figure). The data were just written, so they are read from the page cache: a cold disk
+resident memory (RSS, with grain's worker process) after the steps, and after the first tenth of
+the steps images per second of wall time and per CPU-second (the CPU time of the process and
+its worker: on a shared machine the steadier per-core figure). The data were just written, so they are read from the page cache: a cold disk
 adds its latency.
 """
 from __future__ import annotations
@@ -183,11 +183,16 @@ def batches(case: str, root: str, batch: int, in_memory_examples: int):
     return dataset.with_options(threads).as_numpy_iterator()
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and its live children (grain's worker): unlike wall time, what
-    other work on the machine takes does not count."""
+def this_process_and_workers() -> list[psutil.Process]:
+    """This process and its live children (grain's worker process, when there is one)."""
     me = psutil.Process()
-    return sum(p.cpu_times().user + p.cpu_times().system for p in [me, *me.children(recursive=True)])
+    return [me, *me.children(recursive=True)]
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its workers: unlike wall time, what other work on the machine
+    takes does not count."""
+    return sum(p.cpu_times().user + p.cpu_times().system for p in this_process_and_workers())
 
 
 def measure(case: str, root: str, batch: int, steps: int, in_memory_examples: int) -> dict:
@@ -204,7 +209,7 @@ def measure(case: str, root: str, batch: int, steps: int, in_memory_examples: in
         result["images_per_s"] = images / (time.perf_counter() - timed_from)
         result["images_per_cpu_s"] = images / (cpu_seconds() - cpu_from)
         result["steps"] = steps
-    result["rss_mb"] = psutil.Process().memory_info().rss / 2**20
+    result["rss_mb"] = sum(p.memory_info().rss for p in this_process_and_workers()) / 2**20
     return result
 
 
