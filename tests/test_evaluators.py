@@ -15,7 +15,8 @@ class FixedFeatures:
     def __init__(self, train, test):
         self.splits = {"train": train, "test": test}
 
-    def features(self, representation, split):
+    def outputs(self, representation, output, split):
+        assert output == "features"
         return self.splits[split]
 
 
@@ -29,7 +30,7 @@ def test_separable_clusters_score_perfectly_and_shuffled_labels_score_near_chanc
     rng = np.random.default_rng(0)
     train, test = clusters(rng, 300), clusters(rng, 300)
     data = FixedFeatures(train, test)
-    rep = Representation("clusters", features=None)
+    rep = Representation("clusters", {"features": None})
     assert KNN(k=10)(rep, data)["top1"] == 100.0
     assert LinearProbe(epochs=20)(rep, data)["top1"] == 100.0
 
@@ -44,7 +45,7 @@ def test_knn_uses_the_k_nearest_with_cosine_similarity():
     train_x = np.array([[10, 0], [20, 0.1], [0.1, 1], [0.1, 1.1], [0.2, 0.9]], np.float32)
     train_y = np.array([1, 1, 2, 2, 2])
     data = FixedFeatures((train_x, train_y), (np.array([[1, 0.05]], np.float32), np.array([1])))
-    assert KNN(k=2)(Representation("r", None), data)["top1"] == 100.0
+    assert KNN(k=2)(Representation("r", {"features": None}), data)["top1"] == 100.0
 
 
 def test_results_table_lists_every_representation_and_metric():

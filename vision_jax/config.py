@@ -25,7 +25,7 @@ ConfigDict = ml_collections.ConfigDict
 
 # Sections whose keys are the keyword arguments of a named factory (checked by the registry).
 FREE_FORM_SECTIONS = ("model", "method", "data.source", "data.augment", "data.device_augment",
-                      "data.eval_augment", "evaluators")
+                      "data.eval_augment", "evaluators", "optimizer.groups")
 
 
 def default_config() -> ConfigDict:
@@ -34,6 +34,8 @@ def default_config() -> ConfigDict:
     c.seed = 0
     c.total_steps = 1000
     c.batch_size = 256  # global batch, split over all devices of all processes
+    # Microbatches per step, their gradients summed before one update (methods/gradient_step.py).
+    c.grad_accum_steps = 1
     c.log_every = 50
     c.eval_every = 0  # 0: run the evaluators only at the end of training
 
@@ -49,7 +51,19 @@ def default_config() -> ConfigDict:
     c.optimizer.momentum = 0.9  # sgd and lars
     c.optimizer.warmup_steps = 0
     c.optimizer.schedule = "cosine"  # cosine | constant (after warmup)
+    c.optimizer.end_lr = 0.0  # cosine schedule: the learning rate it decays to at the last step
+    # None: constant weight decay; a value: a cosine from weight_decay to it over the run (DINO).
+    c.optimizer.weight_decay_end = None
     c.optimizer.grad_clip_norm = 0.0  # 0: no clipping
+    # 'global': one norm over all gradients; 'per_parameter': each parameter's gradient on its own (DINO).
+    c.optimizer.grad_clip_mode = "global"
+    # Parameter groups (optim.py): name -> dict(pattern=regex over paths like 'encoder/convs/0/kernel',
+    # lr_scale=1.0, wd_scale=1.0, frozen=False, frozen_steps=0). The first matching group wins.
+    c.optimizer.groups = ConfigDict()
+
+    # A linear classifier on stop-gradient features, trained in the same step with its own learning
+    # rate and no weight decay; its held-out accuracy is a row of the results table ("online probe").
+    c.online_probe = ConfigDict({"enabled": False, "lr": 0.1})
 
     c.data = ConfigDict()
     c.data.source = ConfigDict({"name": "digits"})
