@@ -453,3 +453,17 @@ def test_bad_options_and_batches_are_clear_errors():
         DEVICE_AUGMENTATIONS.build("crop_flip", {})({"views": jnp.zeros((2, 8, 8, 3))}, jax.random.key(0))
     with pytest.raises(DataError, match=r"images \[batch, height, width, 3\]; got shape \(8, 8, 3\)"):
         da.flip_lr(jnp.zeros((8, 8, 3)), jax.random.key(0))
+
+
+def test_host_and_device_recipes_of_one_name_take_the_same_options():
+    # A recipe moved between host and device (the recipes' `on_device` argument) keeps its options.
+    import inspect
+
+    from vision_jax.data.views import AUGMENTATIONS
+
+    shared = set(AUGMENTATIONS.names()) & set(DEVICE_AUGMENTATIONS.names())
+    assert {"simclr", "byol", "crop_flip"} <= shared
+    for name in shared:
+        host = inspect.signature(AUGMENTATIONS.get(name)).parameters
+        device = inspect.signature(DEVICE_AUGMENTATIONS.get(name)).parameters
+        assert {k: p.default for k, p in host.items()} == {k: p.default for k, p in device.items()}, name

@@ -61,7 +61,8 @@ def test_optimizer_state_takes_the_sharding_of_the_parameter_it_mirrors():
     names = nnx.to_pure_dict(nnx.get_partition_spec(params))
     params = nnx.to_pure_dict(params)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
-    state = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "model_state": nnx.to_pure_dict(rest),
+    state = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "ema": {},
+                                      "model_state": nnx.to_pure_dict(rest),
                                       "opt_state": tx.init(p)}, params)
     shardings = parallel.state_shardings(state, names, FSDP_MESH, "fsdp")
     param_specs = jax.tree.map(lambda s: s.spec, shardings["params"])

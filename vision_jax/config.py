@@ -14,6 +14,7 @@ import ast
 import importlib.util
 import json
 import os
+import sys
 from typing import Any, Sequence
 
 import ml_collections
@@ -49,6 +50,7 @@ def default_config() -> ConfigDict:
     c.optimizer.lr = 1e-3  # peak learning rate, reached after warmup
     c.optimizer.weight_decay = 0.0  # not applied to biases and normalization scales
     c.optimizer.momentum = 0.9  # sgd and lars
+    c.optimizer.trust_coefficient = 0.001  # lars: eta in eta * ||w|| / ||g + wd * w||
     c.optimizer.warmup_steps = 0
     c.optimizer.schedule = "cosine"  # cosine | constant (after warmup)
     c.optimizer.end_lr = 0.0  # cosine schedule: the learning rate it decays to at the last step
@@ -134,7 +136,12 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
         raise MissingDataError(f"Config file {path!r} does not exist (from --config={spec}).")
     module_spec = importlib.util.spec_from_file_location("vision_jax_recipe", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    recipe_dir = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, recipe_dir)  # recipes import their shared pieces (configs/common.py)
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(recipe_dir)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"Config file {path!r} has no get_config(arg) function.")
     config = module.get_config(arg or None)

@@ -158,7 +158,7 @@ def _group_transform(opt_config, group: ParamGroup, lr, wd) -> optax.GradientTra
     elif opt_config.name == "sgd":  # optax.sgd's chain after weight decay (PyTorch's SGD: decay, momentum, lr)
         parts = [decay, hold(optax.trace(decay=opt_config.momentum)), optax.scale_by_learning_rate(scaled_lr)]
     else:  # optax.lars's chain
-        parts = [decay, optax.masked(optax.scale_by_trust_ratio(trust_coefficient=0.001), _kernels),
+        parts = [decay, optax.masked(optax.scale_by_trust_ratio(trust_coefficient=opt_config.trust_coefficient), _kernels),
                  optax.scale_by_learning_rate(scaled_lr), hold(optax.trace(decay=opt_config.momentum))]
     if frozen_steps:
         parts.append(zero_while_frozen(frozen_steps))

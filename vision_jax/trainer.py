@@ -174,12 +174,6 @@ class Run:
             batch = self.device_augment(batch, jax.random.fold_in(rng, 1))
         return self.method.update(self.graphdef, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
-    def validate_batch(self, batch: dict) -> None:
-        """Lets the method refuse batches its model cannot take, before anything compiles."""
-        model = nnx.merge(self.graphdef, {**self.abstract_state["params"], **self.abstract_state["ema"]},
-                          self.abstract_state["model_state"])
-        self.method.validate_batch(model, {k: tuple(v.shape) for k, v in batch.items()})
-
     def compile_step(self):
         return jax.jit(self.train_step, in_shardings=(self.state_shardings, parallel.batch_sharding(self.mesh)),
                        out_shardings=(self.state_shardings, parallel.replicated(self.mesh)), donate_argnums=0)
@@ -287,7 +281,7 @@ def train(config, workdir: str) -> dict[str, dict[str, float]]:
                                      batch_transform=run.batch_transform)
     batches = parallel.prefetch_to_device(batches, parallel.batch_sharding(run.mesh))
     first_batch = next(batches)
-    run.validate_batch(first_batch)
+    run.method.validate_batch({k: tuple(v.shape) for k, v in first_batch.items()})
     step_fn = run.compile_step().lower(state, first_batch).compile()
     step_flops = _flops(step_fn)  # per device: the compiled program is the partitioned one
     size = config.data.image_size  # 0: images keep their own sizes, so no single forward cost

@@ -172,9 +172,9 @@ class Method:
         # The probe learned on the online encoder's features (a teacher's may differ).
         return {"logits": lambda model, images: model.online_probe(model.encoder(images, train=False))}
 
-    def validate_batch(self, model: nnx.Module, batch_shapes: dict[str, tuple[int, ...]]) -> None:
-        """Raises a ConfigError if this method cannot run its (abstract) model on batches of these
-        shapes; called once before compiling, so a mismatch is a message, not a trace."""
+    def validate_batch(self, batch_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Raises a ConfigError if this method cannot train on batches of these shapes (e.g. crops
+        its encoder cannot take); called once before compiling, so a mismatch is a message, not a trace."""
 
 
 def without_dropout(module: nnx.Module) -> nnx.Module:
