@@ -143,9 +143,9 @@ class Run:
             state[part]["encoder"] = jax.tree.map(
                 lambda new, old: old if isinstance(new, jax.ShapeDtypeStruct)
                 else jax.device_put(jnp.asarray(new, old.dtype), old.sharding), weights, fresh)
-        # Followers start as copies of what they follow, pretrained weights included.
+        # Followers start as copies (own buffers: the step donates the state) of what they follow.
         for follower, online in self.method.followers.items():
-            state["ema"][follower] = state["params"][online]
+            state["ema"][follower] = jax.tree.map(jnp.copy, state["params"][online])
         return state
 
     def restore_or_init(self) -> TrainState:
