@@ -63,13 +63,12 @@ def test_separable_clusters_score_perfectly_and_shuffled_labels_score_near_chanc
 
 # --- kNN ---------------------------------------------------------------------------------------
 
-def test_knn_uses_the_k_nearest_with_cosine_similarity():
-    # Test point is along +x; two far-but-aligned +x examples of class 1, three close-in-l2 examples of
-    # class 2 that point elsewhere. Cosine similarity must pick class 1.
-    train_x = np.array([[10, 0], [20, 0.1], [0.1, 1], [0.1, 1.1], [0.2, 0.9]], np.float32)
-    train_y = np.array([1, 1, 2, 2, 2])
-    data = FixedFeatures((train_x, train_y), (np.array([[1, 0.05]], np.float32), np.array([1])))
-    assert KNN(k=2)(REPRESENTATION, data)["top1"] == 100.0
+def test_knn_neighbours_are_nearest_by_cosine_similarity_not_dot_product_or_distance():
+    # Test point (3, 0). Nearest by cosine: (1, 0), class 1 (cos 1). By dot product: (10, 10),
+    # class 2 (dot 30 vs 3 and 7.5). By euclidean distance: (2.5, 1.5), class 0 (1.58 vs 2 and 12.2).
+    train = (np.array([[1, 0], [10, 10], [2.5, 1.5]], np.float32), np.array([1, 2, 0]))
+    data = FixedFeatures(train, (np.array([[3, 0]], np.float32), np.array([1])))
+    assert KNN(k=1)(REPRESENTATION, data)["top1"] == 100.0
 
 
 # One close neighbour of class 1 (similarity 1.0), two farther ones of class 2 (0.8), then a
@@ -77,14 +76,16 @@ def test_knn_uses_the_k_nearest_with_cosine_similarity():
 #   T = 0.07: class 1 gets e^(1/0.07) = e^14.29, class 2 gets 2 e^(0.8/0.07) = 2 e^11.43: class 1
 #             (e^2.86 = 17 times more than 2 votes can make up);
 #   T = 10:   weights e^0.1 = 1.105 vs 2 e^0.08 = 2.167: class 2, the majority.
-# Equal weights (no weighting) give class 2 at any T.
-WEIGHTED = FixedFeatures((at_angles(cosines([1.0, 0.8, 0.8, 0.1])), np.array([1, 2, 2, 0])),
-                         (at_angles([0]), np.array([1])))
+# Equal weights (no weighting) give class 2 at any T. The features are not unit vectors, so that
+# similarities must be cosines: unnormalized training features (class 1 at norm 0.5, class 2 at
+# 3 and 2) would give class 2 at T = 0.07; an unnormalized test point (norm 50) class 1 at T = 10.
+WEIGHTED = FixedFeatures((at_angles(cosines([1.0, 0.8, 0.8, 0.1])) * np.array([[0.5], [3], [2], [1]], np.float32),
+                          np.array([1, 2, 2, 0])), (50 * at_angles([0]), np.array([1])))
 
 
 def test_knn_votes_are_weighted_by_exp_similarity_over_temperature():
     assert KNN(k=3, temperature=0.07)(REPRESENTATION, WEIGHTED)["top1"] == 100.0  # predicted class 1
-    at_high_temperature = FixedFeatures(WEIGHTED.splits["train"], (at_angles([0]), np.array([2])))
+    at_high_temperature = FixedFeatures(WEIGHTED.splits["train"], (50 * at_angles([0]), np.array([2])))
     assert KNN(k=3, temperature=10.0)(REPRESENTATION, at_high_temperature)["top1"] == 100.0  # class 2
 
 

@@ -5,9 +5,11 @@ repository and runs the test files that should catch each; reports the bugs no t
     python tests/tools/mutate.py --only knn linear_probe  # names starting with these
     python tests/tools/mutate.py --list
 
-Run it on a tree whose tests pass. It is not part of the test suite (pytest collects only
-test_*.py). A mutation whose original text is no longer found exactly once in its file is
-reported 'stale': update MUTATIONS when the code moves.
+Each set of test files first runs on the unmutated copy: a mutation only counts as caught when
+its tests pass without it ('baseline fails' otherwise). The copy sits beside a link to ../shared
+when there is one, so the tests see the data they see here. Not part of the test suite (pytest
+collects only test_*.py). A mutation whose original text is no longer found exactly once in its
+file is reported 'stale': update MUTATIONS when the code moves.
 """
 from __future__ import annotations
 
@@ -55,6 +57,10 @@ MUTATIONS = [
     Mutation("knn_dot_product", "vision_jax/evaluators/knn.py",
              "similarity = normalize(test_x) @ normalize(train_x).T", "similarity = test_x @ train_x.T", EVAL,
              "no cosine normalization"),
+    Mutation("knn_train_features_not_normalized", "vision_jax/evaluators/knn.py",
+             "normalize(test_x) @ normalize(train_x).T", "normalize(test_x) @ train_x.T", EVAL),
+    Mutation("knn_test_features_not_normalized", "vision_jax/evaluators/knn.py",
+             "normalize(test_x) @ normalize(train_x).T", "test_x @ normalize(train_x).T", EVAL),
     Mutation("linear_probe_test_statistics", "vision_jax/evaluators/linear_probe.py",
              "logits = ((test_x - mean) / std)", "logits = ((test_x - test_x.mean(0)) / (test_x.std(0) + 1e-6))",
              EVAL, "test features standardized with their own mean and std"),
@@ -182,7 +188,7 @@ def copy_repository(destination: Path) -> None:
 
 
 def run_tests(workdir: Path, tests: tuple[str, ...], timeout: int) -> tuple[str, str, float]:
-    """(outcome, first failing test, seconds): outcome is 'caught', 'survived' or 'timeout'."""
+    """(result, first failing test, seconds): result is 'passed', 'failed' or 'timeout'."""
     env = dict(os.environ, PYTHONPATH=str(workdir), JAX_PLATFORMS="cpu")
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     start = time.perf_counter()
@@ -192,9 +198,9 @@ def run_tests(workdir: Path, tests: tuple[str, ...], timeout: int) -> tuple[str,
         return "timeout", "", time.perf_counter() - start
     seconds = time.perf_counter() - start
     if result.returncode == 0:
-        return "survived", "", seconds
+        return "passed", "", seconds
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, re.MULTILINE)
-    return "caught", failed[0] if failed else f"pytest exit {result.returncode}", seconds
+    return "failed", failed[0] if failed else f"pytest exit {result.returncode}", seconds
 
 
 def main() -> None:
@@ -212,21 +218,31 @@ def main() -> None:
     if not chosen:
         sys.exit(f"No mutation name starts with {args.only}; see --list.")
 
-    rows = []
+    rows, baseline = [], {}
     with tempfile.TemporaryDirectory(prefix="vision_jax_mutants_") as tmp:
-        workdir = Path(tmp)
+        workdir = Path(tmp) / REPO.name
         copy_repository(workdir)
+        if (REPO.parent / "shared").is_dir():
+            (Path(tmp) / "shared").symlink_to(REPO.parent / "shared")
         for mutation in chosen:
             target = workdir / mutation.path
             original = target.read_text()
+            if mutation.tests not in baseline:
+                baseline[mutation.tests] = run_tests(workdir, mutation.tests, args.timeout)
+                print(f"baseline {' '.join(mutation.tests)}: {baseline[mutation.tests][0]} "
+                      f"{baseline[mutation.tests][1]}", flush=True)
             if original.count(mutation.original) != 1:
                 rows.append((mutation, "stale", "", 0.0))
+            elif baseline[mutation.tests][0] != "passed":
+                rows.append((mutation, "baseline fails", baseline[mutation.tests][1], 0.0))
             else:
                 target.write_text(original.replace(mutation.original, mutation.mutated))
                 try:
-                    rows.append((mutation, *run_tests(workdir, mutation.tests, args.timeout)))
+                    result, first_failure, seconds = run_tests(workdir, mutation.tests, args.timeout)
                 finally:
                     target.write_text(original)
+                outcome = {"passed": "survived", "failed": "caught"}.get(result, result)
+                rows.append((mutation, outcome, first_failure, seconds))
             outcome, caught_by, seconds = rows[-1][1:]
             print(f"{mutation.name}: {outcome} {caught_by} ({seconds:.0f} s)", flush=True)
 
