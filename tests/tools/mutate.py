@@ -1,7 +1,7 @@
 """Mutation testing, on demand: injects plausible bugs, one at a time, into a temporary copy of the
 repository and runs the test files that should catch each; reports the bugs no test caught.
 
-    python tests/tools/mutate.py                          # all of them (about an hour on 2 cores)
+    python tests/tools/mutate.py                          # all of them (tens of minutes on 2 cores)
     python tests/tools/mutate.py --only knn linear_probe  # names starting with these
     python tests/tools/mutate.py --list
 
