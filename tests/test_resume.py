@@ -1,6 +1,10 @@
 """Killing a run with SIGKILL and rerunning the same command ends bitwise where an uninterrupted
 run ends: the checkpoint holds everything (params, optimizer, BatchNorm statistics, step, RNG) and
-the input order is a function of (seed, step)."""
+the input order is a function of (seed, step).
+
+The recipe makes its SimCLR views on the device from the train state's RNG (`on_device`), so a
+checkpoint that lost or altered the RNG would resume with other views and another loss curve.
+(tests/test_checkpoint.py compares a restored state with the one in memory.)"""
 import json
 import os
 import signal
@@ -13,7 +17,7 @@ import pytest
 from helpers import REPO, TINY_SIMCLR, checkpoint_steps, losses, run_cli, saved_state
 
 pytestmark = pytest.mark.slow
-CONFIG = "configs/simclr_digits.py:runlocal"
+CONFIG = "configs/simclr_digits.py:runlocal,on_device"
 OVERRIDES = [*TINY_SIMCLR, "--config.total_steps=30", "--config.checkpoint.every_steps=4"]
 
 
