@@ -45,7 +45,7 @@ GRADS = {"kernel": jnp.asarray([[0.6, -0.2, 0.1], [-0.4, 0.3, 0.5]]), "bias": jn
 
 def updates_per_step(opt_config, grads=GRADS, steps: int = TOTAL):
     """[(params the optimizer saw, update it returned)] for `steps` steps with the same gradient."""
-    tx = optim.make_optimizer(opt_config, TOTAL)
+    tx = optim.make_optimizer(opt_config, TOTAL).tx
     update = jax.jit(tx.update)
     params, state, history = PARAMS, tx.init(PARAMS), []
     for _ in range(steps):
@@ -135,4 +135,5 @@ def test_trainer_logs_the_learning_rate_each_update_used(tmp_path):
     logged = {r["step"]: r["train/learning_rate"] for r in records if "train/learning_rate" in r}
     assert sorted(logged) == list(range(1, TOTAL + 1))
     for step, value in logged.items():
-        assert value == pytest.approx(warmup_cosine(step - 1), rel=1e-6, abs=1e-9), step
+        # float32 schedule against the float64 formula: 1 + cos(pi p) loses digits as p nears 1.
+        assert value == pytest.approx(warmup_cosine(step - 1), rel=1e-5, abs=1e-9), step
