@@ -31,6 +31,7 @@ no weight decay; its held-out accuracy is its own row of the results table.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, Callable, NamedTuple
 
@@ -78,7 +79,7 @@ class LossOutput(NamedTuple):
     probe_features: jax.Array | None = None
 
 
-class Method:
+class Method(abc.ABC):
     followers: dict[str, str] = {}
     output_names: tuple[str, ...] = ("features",)
 
@@ -91,9 +92,9 @@ class Method:
 
     # --- what is learned --------------------------------------------------------------------
 
+    @abc.abstractmethod
     def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
         """The module with every trained part (must have an `encoder` attribute)."""
-        raise NotImplementedError
 
     def init_model(self, rngs: nnx.Rngs) -> nnx.Module:
         model = self.build_model(rngs)
@@ -104,8 +105,9 @@ class Method:
         return model
 
     def ema_momentum(self, step: jax.Array) -> jax.Array:
-        """The followers' EMA momentum at `step` (methods with followers override it)."""
-        raise NotImplementedError(f"{type(self).__name__} has followers but no ema_momentum schedule.")
+        """The followers' EMA momentum at `step`: a cosine from `self.base_momentum` (set by methods
+        with followers) to 1, as BYOL, MoCo v3 and DINO schedule it."""
+        return schedules.cosine(self.base_momentum, 1.0, self.length.total_steps)(step)
 
     def param_groups(self) -> list[optim.ParamGroup]:
         groups = []
@@ -115,9 +117,9 @@ class Method:
                                            wd_scale=0.0))
         return groups
 
+    @abc.abstractmethod
     def loss(self, model: nnx.Module, batch: dict[str, Any], step: StepInfo) -> LossOutput:
         """The loss of one global batch, in training mode; metrics are logged (averaged between log lines)."""
-        raise NotImplementedError
 
     def objective(self, model: nnx.Module, batch: dict[str, Any], step: StepInfo) -> tuple[jax.Array, Metrics]:
         """What the gradient step minimizes: the method's loss, plus the online probe's if enabled.

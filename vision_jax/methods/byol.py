@@ -40,8 +40,7 @@ class BYOL(Method):
     def __init__(self, setup: MethodSetup, base_momentum: float = 0.996, projection_dim: int = 256,
                  projection_hidden_dim: int = 4096, prediction_hidden_dim: int = 4096):
         super().__init__(setup)
-        self.momentum = schedules.cosine(schedules.check_momentum("method.base_momentum", base_momentum), 1.0,
-                                         setup.length.total_steps)
+        self.base_momentum = schedules.check_momentum("method.base_momentum", base_momentum)
         self.dims = (projection_hidden_dim, projection_dim, prediction_hidden_dim)
 
     def build_model(self, rngs: nnx.Rngs) -> BYOLModel:
@@ -49,9 +48,6 @@ class BYOL(Method):
         hidden, out, prediction_hidden = self.dims
         return BYOLModel(encoder, MLPHead(encoder.num_features, hidden, out, rngs=rngs),
                          MLPHead(out, prediction_hidden, out, rngs=rngs))
-
-    def ema_momentum(self, step):
-        return self.momentum(step)
 
     def loss(self, model, batch, step):
         views = batch["views"]  # [B, 2, H, W, C]

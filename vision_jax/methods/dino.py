@@ -71,8 +71,7 @@ class DINO(Method):
         length = setup.length
         self.head_options = dict(out_dim=out_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim,
                                  use_bn=use_bn_in_head, norm_last_layer=norm_last_layer)
-        self.momentum = schedules.cosine(schedules.check_momentum("method.base_momentum", base_momentum), 1.0,
-                                         length.total_steps)
+        self.base_momentum = schedules.check_momentum("method.base_momentum", base_momentum)
         self.center_momentum = schedules.check_momentum("method.center_momentum", center_momentum)
         self.student_temp = student_temp
         self.teacher_temp = schedules.per_epoch_linear_warmup(warmup_teacher_temp, teacher_temp,
@@ -83,9 +82,6 @@ class DINO(Method):
         encoder = self.make_encoder(rngs)
         return DINOModel(encoder, DINOHead(encoder.num_features, **self.head_options, rngs=rngs),
                          self.head_options["out_dim"])
-
-    def ema_momentum(self, step):
-        return self.momentum(step)
 
     def param_groups(self) -> list[optim.ParamGroup]:
         groups = super().param_groups()

@@ -54,8 +54,7 @@ class MoCoV3(Method):
         if temperature <= 0:
             raise ConfigError(f"method.temperature must be > 0, got {temperature}.")
         self.temperature = temperature
-        self.momentum = schedules.cosine(schedules.check_momentum("method.base_momentum", base_momentum), 1.0,
-                                         setup.length.total_steps)
+        self.base_momentum = schedules.check_momentum("method.base_momentum", base_momentum)
         self.projection_dim, self.hidden_dim = projection_dim, hidden_dim
         self.is_vit, self.freeze_patch_embedding = is_vit, freeze_patch_embedding
 
@@ -65,9 +64,6 @@ class MoCoV3(Method):
         projector = ProjectionHead(encoder.num_features, num_layers=3 if self.is_vit else 2, output_bn=True, **mlp)
         predictor = ProjectionHead(self.projection_dim, num_layers=2, output_bn=self.is_vit, **mlp)
         return MoCoModel(encoder, projector, predictor)
-
-    def ema_momentum(self, step):
-        return self.momentum(step)
 
     def param_groups(self) -> list[optim.ParamGroup]:
         frozen = [optim.ParamGroup("patch_embedding", r"^encoder/patch_embed/", frozen=True)]
