@@ -73,6 +73,7 @@ class StopSignals:
             return self.received is not None
         if not self._reached_sync_point(step):
             return False
-        self.received = self.received or "SIGTERM"
+        # SIGTERM reaches JAX's handler, not Python's: this process may not know which signal it was.
+        self.received = self.received or "a preemption notice"
         self._restore_default_actions()
         return True
