@@ -238,7 +238,8 @@ def _diverged(what: str, last_saved: int | None, config, workdir: str) -> Traini
     resume = f"it resumes from step {last_saved}" if last_saved else "it starts again"
     return TrainingDiverged(
         f"{what}. Nothing was saved after it; last good checkpoint: {where}. Rerun with a lower learning rate "
-        f"({resume}), e.g. --config.optimizer.lr={config.optimizer.lr / 10:g} --config.allow_config_change=true, "
+        f"({resume}), e.g. --config.optimizer.lr={min(config.optimizer.lr / 10, 1e-3):g} "
+        f"--config.allow_config_change=true, "
         f"or add warmup or --config.optimizer.grad_clip_norm=1.0 in a new --workdir.")
 
 
@@ -259,7 +260,8 @@ def _train(config, workdir: str, checkpointer: checkpoint.Checkpointer) -> dict[
     latest = checkpointer.latest_step()
     notes = workdir_lib.check_resume(config, workdir, latest) if latest is not None else []
     results_path = os.path.join(workdir, "results.json")
-    if latest == config.total_steps and (os.path.exists(results_path) or not config.evaluators):
+    finished = latest == config.total_steps and not workdir_lib.changes_since_saved(config, workdir)
+    if finished and (os.path.exists(results_path) or not config.evaluators):
         return _finished_run(workdir, latest, results_path)
 
     logger = MetricLogger(workdir, config.total_steps)
