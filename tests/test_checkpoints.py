@@ -1,16 +1,19 @@
 """What must never happen to checkpoints: a non-finite state saved as the last good one, a corrupt
-one used or deleted, `evaluate` writing or cleaning up in checkpoints/, a full disk leaving a
-half-written save behind; and a checkpoint saved with 8 devices under fsdp restores on 1 and 2."""
+one used or deleted, `evaluate` writing or cleaning up in checkpoints/, a full disk ending in pages
+of tracebacks or leaving a half-written save behind; and a checkpoint saved with 8 devices under
+fsdp restores on 1 and 2 devices and continues."""
 import glob
 import json
 import resource
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import checkpoint_steps, run_cli, saved_state
+from helpers import REPO, checkpoint_steps, run_cli, saved_state, subprocess_env
 
 from vision_jax import checkpoint, evaluate, trainer
 from vision_jax import config as config_lib
@@ -34,21 +37,20 @@ def overrides_in(message: str) -> list[str]:
             if word.startswith("--config.")]
 
 
-def test_a_non_finite_update_is_never_saved_and_the_advised_rerun_resumes_from_the_last_good_step(tmp_path):
-    # The issue's case: loss and gradient stay finite while the update (lr 1e39) overflows the
-    # parameters. Warmup from 0 makes step 1 harmless, so step 1 is a good checkpoint.
-    config = supervised_config("optimizer.lr=1e39", "optimizer.warmup_steps=2", "checkpoint.every_steps=1",
-                               "checkpoint.use_async=false")
-    with pytest.raises(TrainingDiverged, match=r"The train state became non-finite at step 2 \(\d+ arrays hold NaN "
-                                               r"or infinity, e.g. params\..*last good checkpoint: step 1") as error:
+def test_a_non_finite_update_is_never_saved_and_the_advised_rerun_works(tmp_path):
+    # The issue's case: the loss and gradient of step 1 are finite (initial parameters), the update
+    # with lr 1e39 is not. Before, step 1 was saved as "last good" with 14 non-finite arrays.
+    config = supervised_config("optimizer.lr=1e39", "optimizer.warmup_steps=0", "checkpoint.use_async=false")
+    with pytest.raises(TrainingDiverged, match=r"The train state became non-finite at step 1 \(\d+ arrays hold NaN "
+                                               r"or infinity, e.g. params\..*last good checkpoint: none was saved"
+                                               ) as error:
         trainer.train(config, str(tmp_path))
-    assert checkpoint_steps(tmp_path) == [1]
-    assert all_finite(saved_state(tmp_path, 1))  # every leaf: params, optimizer state, BatchNorm statistics
+    assert checkpoint_steps(tmp_path) == []
 
     advised = overrides_in(str(error.value))
     assert advised == ["optimizer.lr=0.001", "allow_config_change=true", "optimizer.grad_clip_norm=1.0"]
     rerun = config_lib.load_config("configs/supervised_digits.py:runlocal",
-                                   [*SMALL, "optimizer.lr=1e39", "optimizer.warmup_steps=2", *advised[:2]])
+                                   [*SMALL, "optimizer.lr=1e39", "optimizer.warmup_steps=0", *advised[:2]])
     trainer.train(rerun, str(tmp_path))
     assert checkpoint_steps(tmp_path)[-1] == 6 and all_finite(saved_state(tmp_path, 6))
 
@@ -131,26 +133,42 @@ def test_evaluate_only_reads(run_dir, monkeypatch):
     assert {p: after[p] for p in before} == before  # nothing in checkpoints/ (or anywhere) touched
 
 
-def test_a_full_disk_is_one_line_with_no_half_written_save_and_the_advised_rerun_resumes(tmp_path):
+def test_a_disk_without_room_for_the_next_checkpoint_is_one_line_and_the_advised_rerun_resumes(tmp_path,
+                                                                                                monkeypatch):
     config = supervised_config("checkpoint.use_async=false")
     trainer.train(supervised_config("total_steps=3", "checkpoint.use_async=false"), str(tmp_path))
-    # Files may not grow past 16 KB: the next checkpoint's data file cannot be written (the kernel
-    # answers EFBIG as it answers ENOSPC on a full disk; Python ignores SIGXFSZ).
-    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, limits[1]))
-    try:
-        with pytest.raises(CheckpointError) as error:
-            trainer.train(config, str(tmp_path))
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-    message = str(error.value)
-    assert "\n" not in message and len(message) < 600
-    assert message.startswith(f"Saving a checkpoint in {tmp_path}/checkpoints failed (") and "File too large" in message
-    assert message.endswith("then rerun the same command to resume from step 3.")
-    assert not glob.glob(f"{tmp_path}/checkpoints/*{ocp.utils.TMP_DIR_SUFFIX}*")
-    assert not (tmp_path / "lock").exists()
-    trainer.train(config, str(tmp_path))  # space freed: the same command resumes
+    almost_full = shutil.disk_usage(tmp_path)._replace(free=1000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: almost_full)
+    with pytest.raises(CheckpointError, match=r"^Not enough free space in .*/checkpoints for the checkpoint of step "
+                                              r"6: it needs about 0\.\d MiB per process, 0\.0 MiB are free\. .*"
+                                              r"then rerun the same command to resume from step 3\.$"):
+        trainer.train(config, str(tmp_path))
+    assert not glob.glob(f"{tmp_path}/checkpoints/*{ocp.utils.TMP_DIR_SUFFIX}*") and not (tmp_path / "lock").exists()
+    monkeypatch.undo()  # space freed: the same command resumes
+    trainer.train(config, str(tmp_path))
     assert checkpoint_steps(tmp_path)[-1] == 6
+
+
+@pytest.mark.slow
+def test_a_write_failing_midway_ends_with_one_line_and_no_half_written_save(tmp_path):
+    overrides = [f"--config.{o}" for o in SMALL] + ["--config.checkpoint.use_async=false"]
+    run_cli("vision_jax.train", "configs/supervised_digits.py:runlocal", tmp_path, *overrides,
+            "--config.total_steps=3")
+
+    def files_up_to_16_kb():  # the checkpoint's data file cannot grow past it: the write fails midway
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    command = [sys.executable, "-m", "vision_jax.train", "--config=configs/supervised_digits.py:runlocal",
+               f"--workdir={tmp_path}", *overrides]
+    failed = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600,
+                            preexec_fn=files_up_to_16_kb)
+    assert failed.returncode == 1
+    last_line = failed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: Saving a checkpoint in {tmp_path}/checkpoints failed (") and \
+        "File too large" in last_line and last_line.endswith("then rerun the same command to resume from step 3.")
+    assert len(last_line) < 600  # not kilobytes of TensorStore spec
+    assert not glob.glob(f"{tmp_path}/checkpoints/*{ocp.utils.TMP_DIR_SUFFIX}*") and not (tmp_path / "lock").exists()
+    assert checkpoint_steps(tmp_path)[-1] == 3
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import datetime
 import functools
 import glob
 import os
+import re
 import shutil
 import warnings
 from typing import Any
@@ -91,11 +92,28 @@ class Checkpointer:
     # --- saving ------------------------------------------------------------------------------
 
     def save(self, step: int, state: Any, signature: dict, force: bool = False) -> bool:
+        if not force and not self.manager.should_save(step):
+            return False
+        self._check_free_space(step, state)
         try:
             return self.manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), signature=ocp.args.JsonSave(signature)), force=force)
+                state=ocp.args.StandardSave(state), signature=ocp.args.JsonSave(signature)), force=True)
         except Exception as error:  # noqa: BLE001 - a failed write (disk full, quota, permissions)
             raise self._save_failed(error) from error
+
+    def _check_free_space(self, step: int, state: Any) -> None:
+        """Refuses a save that cannot fit, before orbax starts writing: a write that fails midway
+        leaves its background threads' tracebacks behind (the next checkpoint's size is known)."""
+        needed = sum(shard.data.nbytes for leaf in jax.tree.leaves(state) for shard in leaf.addressable_shards
+                     if shard.replica_id == 0)  # this process's share, each array once
+        free = shutil.disk_usage(self.directory).free
+        if not _all_processes_agree(needed < free):
+            latest = self.manager.latest_step()
+            resume = f"to resume from step {latest}" if latest is not None else "to start again"
+            raise CheckpointError(
+                f"Not enough free space in {self.directory} for the checkpoint of step {step}: it needs about "
+                f"{needed / 2**20:.1f} MiB per process, {free / 2**20:.1f} MiB are free. Free some space "
+                f"(df -h {self.directory}), then rerun the same command {resume}.")
 
     def wait(self) -> None:
         """Waits for an asynchronous save to be on disk; a failed one is reported like `save`'s."""
@@ -193,10 +211,16 @@ def _all_processes_agree(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
-def _short(error: Exception) -> str:
-    """The first line of an error, capped: TensorStore errors carry kilobytes of spec."""
+def _short(error: BaseException) -> str:
+    """The root cause in one short line: orbax wraps TensorStore errors that carry kilobytes of spec."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+    text = text.split(" See full TensorStore details")[0]
+    text = re.sub(r'"[^"]{60,}"', '"..."', text)  # long quoted paths and specs
+    if len(text) > 300:
+        text = f"{text[:150]} ... {text[-140:]}"  # the cause is often at the end ("No space left on device")
+    return f"{type(error).__name__}: {text}"
 
 
 def _path_name(path) -> str:
