@@ -55,6 +55,14 @@ def test_a_non_finite_update_is_never_saved_and_the_advised_rerun_works(tmp_path
     assert checkpoint_steps(tmp_path)[-1] == 6 and all_finite(saved_state(tmp_path, 6))
 
 
+def test_zero_intervals_mean_off(tmp_path):
+    trainer.train(supervised_config("log_every=0", "checkpoint.every_steps=0", "checkpoint.use_async=false"),
+                  str(tmp_path))
+    assert checkpoint_steps(tmp_path) == [1, 6]  # orbax's first-step save, and the end
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train/loss" in r] == [6]
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished 6-step run with checkpoints at 1 (orbax saves the first step), 3 and 6."""
