@@ -75,7 +75,7 @@ def test_slurm_job_stopped_by_the_scheduler_requeues_and_resumes_bitwise(tmp_pat
         # SLURM's --signal=USR1@90 signals every task; here only process 1 gets it, the harder case:
         # process 0 learns of it through JAX's preemption service.
         os.remove(tmp_path / "pids")
-        stop_step = random.randint(3, 12)
+        stop_step = random.randint(3, 10)
         job = _sbatch(tmp_path / "preempted", env, log)
         for line in job.stdout:
             if line.startswith(f"step {stop_step}/"):

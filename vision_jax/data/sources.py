@@ -121,8 +121,10 @@ def arrays_source(images: np.ndarray, labels: np.ndarray, split: str = "train", 
     if labels.ndim == 2 and len(labels) == len(images):
         raise DataError(f"labels have shape {labels.shape}: one-hot or per-class scores, but a source needs "
                         f"one integer class id per image; save labels.argmax(axis=1) instead.")
-    if len(images) != len(labels) or labels.ndim != 1:
-        raise DataError(f"{len(images)} images but labels of shape {labels.shape}; labels must be [N] class ids.")
+    if labels.ndim != 1:
+        raise DataError(f"labels must be [N] class ids; got shape {labels.shape}.")
+    if len(images) != len(labels):
+        raise DataError(f"{len(images)} images but {len(labels)} labels.")
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"labels must be integer class ids; got dtype {labels.dtype}.")
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
