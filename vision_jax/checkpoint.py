@@ -234,9 +234,9 @@ def _describe_structure_difference(saved_tree: Any, target: Any) -> str:
         return ""
     only_saved, only_wanted = sorted(saved - wanted), sorted(wanted - saved)
     entries = sorted({p.split(".")[0] for p in only_saved + only_wanted})
-    examples = [f"checkpoint has {only_saved[0]}" if only_saved else "",
-                f"this config has {only_wanted[0]}" if only_wanted else ""]
-    return f"{', '.join(entries)} {'differs' if len(entries) == 1 else 'differ'} ({'; '.join(e for e in examples if e)})."
+    examples = ([f"checkpoint has {only_saved[0]}"] if only_saved else []) + \
+        ([f"this config has {only_wanted[0]}"] if only_wanted else [])
+    return f"{', '.join(entries)} {'differs' if len(entries) == 1 else 'differ'} ({'; '.join(examples)})."
 
 
 def _describe_mismatch(saved: dict, current: dict) -> str:

@@ -68,8 +68,8 @@ def lock(workdir: str) -> Iterator[None]:
 def _acquire(path: str) -> str:
     """Creates the lock file; returns '' or, if the workdir cannot be locked, the reason and what to do."""
     workdir = os.path.dirname(path)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": datetime.datetime.now().isoformat(" ", "seconds"),
-          "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": datetime.datetime.now().isoformat(" ", "seconds"), "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
     for _ in range(2):  # a second try after taking over a stale lock
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
