@@ -21,16 +21,18 @@ TINY_SIMCLR = [
 ]
 
 
-# One persistent compilation cache for the training subprocesses of a test session: a run that is
-# interrupted, resumed or repeated compiles its step once. The programs (and results) are the same.
+# One persistent compilation cache for a test session, its own process (conftest.py) and the training
+# subprocesses: a run that is interrupted, resumed or repeated compiles its step once. The programs
+# (and results) are the same with or without it.
 _COMPILATION_CACHE = tempfile.TemporaryDirectory(prefix="vision_jax_test_jit_cache_")
+COMPILATION_CACHE_DIR = _COMPILATION_CACHE.name
 
 
 def subprocess_env(devices: int = 1) -> dict[str, str]:
     """The environment of a training subprocess: this checkout, `devices` fake CPU devices."""
     return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                JAX_COMPILATION_CACHE_DIR=_COMPILATION_CACHE.name, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 

@@ -1,8 +1,9 @@
 """The launch scripts. launch/slurm.sbatch runs under a fake SLURM (srun starts 2 local processes
 with SLURM's per-task environment; they join over gloo): the scheduler's SIGUSR1 to one process at
 a random step makes both save the same step and exit 75, the script requeues the job, and the
-requeued job ends bitwise where an uninterrupted one does. The TPU VM and multi-host GPU scripts
-are checked through the commands their --dry_run prints."""
+requeued job ends bitwise where an uninterrupted one does; a SIGTERM to the other process stops
+both at one step too. The TPU VM and multi-host GPU scripts are checked through the commands their
+--dry_run prints."""
 import os
 import random
 import re
@@ -63,44 +64,67 @@ def _sbatch(workdir, env, log) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=log, text=True)
 
 
-@pytest.mark.slow
-def test_slurm_job_stopped_by_the_scheduler_requeues_and_resumes_bitwise(tmp_path):
-    env = _fake_slurm(tmp_path)
-    log_path = tmp_path / "stderr.log"
-    with open(log_path, "w") as log:
-        uninterrupted = _sbatch(tmp_path / "uninterrupted", env, log)
-        uninterrupted.communicate(timeout=600)
-        assert uninterrupted.returncode == 0, log_path.read_text()[-3000:]
-
-        # SLURM's --signal=USR1@90 signals every task; here only process 1 gets it, the harder case:
-        # process 0 learns of it through JAX's preemption service.
-        os.remove(tmp_path / "pids")
-        stop_step = random.randint(3, 10)
-        job = _sbatch(tmp_path / "preempted", env, log)
+def _stop_at_random_step(tmp_path, workdir, env, task: str, sig: signal.Signals) -> tuple[int, str, int]:
+    """Runs the job and sends `sig` to process `task` once process 0 reports a random early step.
+    Returns the job's exit code, its processes' stderr and the step the signal came at."""
+    (tmp_path / "pids").unlink(missing_ok=True)
+    stop_step = random.randint(3, 10)
+    with open(tmp_path / "stderr.log", "w") as log:
+        job = _sbatch(workdir, env, log)
         for line in job.stdout:
             if line.startswith(f"step {stop_step}/"):
                 pids = dict(line.split() for line in (tmp_path / "pids").read_text().splitlines())
-                os.kill(int(pids["1"]), signal.SIGUSR1)
+                os.kill(int(pids[task]), sig)
                 break
         job.communicate(timeout=600)
-    stderr = log_path.read_text()
-    assert job.returncode == 75, stderr[-3000:]
-    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
-    stopped = re.findall(r"Stopped by (.+) after step (\d+);", stderr)
-    assert sorted(who for who, _ in stopped) == ["SIGUSR1", "a preemption notice"]  # process 1, process 0
-    saved_step = int(stopped[0][1])
-    assert {int(step) for _, step in stopped} == {saved_step} and saved_step >= stop_step
-    assert checkpoint_steps(tmp_path / "preempted")[-1] == saved_step
+    return job.returncode, (tmp_path / "stderr.log").read_text(), stop_step
 
-    with open(log_path, "w") as log:  # the requeued job: the same script again
+
+def _stopped_at(stderr: str) -> tuple[list[str], int]:
+    """Who stopped each process (its 'Stopped by ...' line), and the one step they all saved."""
+    stopped = re.findall(r"Stopped by (.+) after step (\d+);", stderr)
+    steps = {int(step) for _, step in stopped}
+    assert len(stopped) == 2 and len(steps) == 1, stopped  # both processes, at the same step
+    return sorted(who for who, _ in stopped), steps.pop()
+
+
+@pytest.mark.slow
+def test_slurm_job_stopped_by_the_scheduler_requeues_and_resumes_bitwise(tmp_path):
+    env = _fake_slurm(tmp_path)
+    with open(tmp_path / "stderr.log", "w") as log:
+        uninterrupted = _sbatch(tmp_path / "uninterrupted", env, log)
+        uninterrupted.communicate(timeout=600)
+    assert uninterrupted.returncode == 0, (tmp_path / "stderr.log").read_text()[-3000:]
+
+    # SLURM's --signal=USR1@90 signals every task; here only process 1 gets it, the harder case:
+    # its handler forwards it to JAX's preemption service, through which process 0 learns of it.
+    code, stderr, stop_step = _stop_at_random_step(tmp_path, tmp_path / "preempted", env, "1", signal.SIGUSR1)
+    assert code == 75, stderr[-3000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    who, saved_step = _stopped_at(stderr)
+    assert who == ["SIGUSR1", "a preemption notice"]  # process 1, process 0
+    assert saved_step >= stop_step and checkpoint_steps(tmp_path / "preempted")[-1] == saved_step
+
+    with open(tmp_path / "stderr.log", "w") as log:  # the requeued job: the same script again
         requeued = _sbatch(tmp_path / "preempted", env, log)
         out, _ = requeued.communicate(timeout=600)
-    assert requeued.returncode == 0, log_path.read_text()[-3000:]
+    assert requeued.returncode == 0, (tmp_path / "stderr.log").read_text()[-3000:]
     assert f"resuming from step {saved_step}" in out
     assert losses(tmp_path / "preempted") == losses(tmp_path / "uninterrupted")
     expected, actual = saved_state(tmp_path / "uninterrupted", 30), saved_state(tmp_path / "preempted", 30)
     jax.tree_util.tree_map_with_path(
         lambda path, a, b: np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path)), expected, actual)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_coordinator_stops_every_process_at_the_same_step(tmp_path):
+    # A preemption's SIGTERM goes straight to JAX's own handler (Python never sees it).
+    code, stderr, stop_step = _stop_at_random_step(tmp_path, tmp_path / "run", _fake_slurm(tmp_path), "0",
+                                                   signal.SIGTERM)
+    assert code == 75, stderr[-3000:]
+    who, saved_step = _stopped_at(stderr)
+    assert who == ["a preemption notice"] * 2
+    assert saved_step >= stop_step and checkpoint_steps(tmp_path / "run")[-1] == saved_step
 
 
 def test_tpu_vm_dry_run_prints_one_gcloud_command_for_all_workers():

@@ -15,6 +15,8 @@ coordination service, they settle on the step after the fastest one's current st
 `multihost_utils.reached_preemption_sync_point(step)` (orbax: `CheckpointManager.reached_preemption`)
 turns True at that step on all of them. So SIGTERM is left to JAX, the other signals are forwarded
 to it as SIGTERM, and the loop must ask at every step, with the global step, from its first step.
+(One gap: there, a second SIGTERM that comes before the processes agree is absorbed by JAX's
+handler; a second SIGINT or SIGUSR1 still ends the process at once.)
 """
 from __future__ import annotations
 
