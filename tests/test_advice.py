@@ -1,6 +1,6 @@
 """Errors whose message suggests a fix: the suggestion, typed as written, works. (The advice of a
 refused resume, a held lock and a diverged or preempted run is followed in test_workdir.py,
-test_checkpoints.py and test_resume.py.)"""
+test_checkpoint_safety.py and test_resume.py.)"""
 import re
 import shlex
 import subprocess

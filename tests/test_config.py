@@ -162,9 +162,11 @@ def test_free_form_sections_accept_any_keys():
     config.data.device_augment.strength = 0.3
     config.data.eval_augment.size = 224
     config.evaluators.made_up = dict(a=1)
-    validate(config)  # the registry checks these keys when the named factory is built
+    config.optimizer.groups.head = dict(pattern="^head/")
+    validate(config)  # the registry (or optim.groups_from_config) checks these keys when they are built
     assert set(config_lib.FREE_FORM_SECTIONS) == {"model", "method", "data.source", "data.augment",
-                                                  "data.device_augment", "data.eval_augment", "evaluators"}
+                                                  "data.device_augment", "data.eval_augment", "evaluators",
+                                                  "optimizer.groups"}
 
 
 def test_a_recipe_with_a_misspelt_key_fails_to_load(tmp_path):
@@ -199,19 +201,23 @@ def test_model_builds_with_config_options():
     assert model.num_features == 8
 
 
-def _encoder(rngs):
-    return MODELS.build("cnn", {"widths": (4,)}, rngs=rngs)
+def _setup():
+    from vision_jax.methods.base import MethodSetup
+    from vision_jax.schedules import RunLength
+
+    return MethodSetup(lambda rngs: MODELS.build("cnn", {"widths": (4,)}, rngs=rngs), num_classes=10,
+                       length=RunLength(total_steps=10, steps_per_epoch=5))
 
 
 def test_method_registry_errors():
-    with pytest.raises(ValueError, match=r"Unknown method 'simclrr'\. Did you mean 'simclr'.*Known methods: simclr, supervised"):
-        METHODS.build("simclrr", {}, make_encoder=_encoder, num_classes=10)
+    with pytest.raises(ValueError, match=r"Unknown method 'simclrr'\. Did you mean 'simclr'.*Known methods: .*simclr, supervised"):
+        METHODS.build("simclrr", {}, setup=_setup())
     with pytest.raises(ValueError, match=r"method 'simclr' has no option 'temprature'\. Did you mean 'temperature'"):
-        METHODS.build("simclr", {"temprature": 0.1}, make_encoder=_encoder, num_classes=10)
+        METHODS.build("simclr", {"temprature": 0.1}, setup=_setup())
     # Framework-passed arguments are not options a config may set.
-    with pytest.raises(ValueError, match=r"no option 'num_classes'"):
-        METHODS.build("simclr", {"num_classes": 3}, make_encoder=_encoder, num_classes=10)
-    method = METHODS.build("simclr", {"temperature": 0.1}, make_encoder=_encoder, num_classes=10)
+    with pytest.raises(ValueError, match=r"no option 'setup'"):
+        METHODS.build("simclr", {"setup": 3}, setup=_setup())
+    method = METHODS.build("simclr", {"temperature": 0.1}, setup=_setup())
     assert method.temperature == 0.1
 
 

@@ -1,7 +1,11 @@
 """A run killed with SIGKILL, or stopped by SIGTERM, and rerun ends bitwise where an uninterrupted
 run ends: the checkpoint holds everything (params, optimizer, BatchNorm statistics, step, RNG) and
 the input order is a function of (seed, step). SIGTERM saves the step it stops at, exits with
-code 75 and prints the command that resumes; a second signal exits at once."""
+code 75 and prints the command that resumes; a second signal exits at once.
+
+The recipe makes its SimCLR views on the device from the train state's RNG (`on_device`), so a
+checkpoint that lost or altered the RNG would resume with other views and another loss curve.
+(tests/test_checkpoint.py compares a restored state with the one in memory.)"""
 import json
 import signal
 import subprocess
@@ -14,7 +18,7 @@ import pytest
 from helpers import REPO, TINY_SIMCLR, checkpoint_steps, losses, run_cli, saved_state, subprocess_env
 
 pytestmark = pytest.mark.slow
-CONFIG = "configs/simclr_digits.py:runlocal"
+CONFIG = "configs/simclr_digits.py:runlocal,on_device"
 OVERRIDES = [*TINY_SIMCLR, "--config.total_steps=30", "--config.checkpoint.every_steps=4"]
 
 

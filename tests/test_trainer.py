@@ -1,5 +1,6 @@
-"""The train loop's guards: non-finite losses, incompatible checkpoints (corrupt ones:
-test_checkpoints.py); and the supervised path end to end (its classifier beats chance on held-out digits)."""
+"""The train loop's guards: non-finite losses, incompatible checkpoints (corrupt ones and their
+fallback: test_checkpoint_safety.py); and the supervised path end to end (its classifier beats
+chance on held-out digits)."""
 import json
 import os
 

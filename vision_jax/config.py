@@ -33,9 +33,10 @@ ConfigDict = ml_collections.ConfigDict
 
 # Sections whose keys are the keyword arguments of a named factory (checked by the registry).
 FREE_FORM_SECTIONS = ("model", "method", "data.source", "data.augment", "data.device_augment",
-                      "data.eval_augment", "evaluators")
+                      "data.eval_augment", "evaluators", "optimizer.groups")
 # Where the factories each free-form section names are registered (imported on first use: the
-# registries pull in flax and TensorFlow). `evaluators.<name>` sections use EVALUATORS.
+# registries pull in flax and TensorFlow). `evaluators.<name>` sections use EVALUATORS; an option
+# the recipe did not set can be added in these sections (and evaluators.<name>) only.
 _SECTION_REGISTRIES = {
     "model": ("vision_jax.models", "MODELS"), "method": ("vision_jax.methods", "METHODS"),
     "data.source": ("vision_jax.data.sources", "SOURCES"), "data.augment": ("vision_jax.data.views", "AUGMENTATIONS"),
@@ -51,6 +52,8 @@ def default_config() -> ConfigDict:
     c.seed = 0
     c.total_steps = 1000
     c.batch_size = 256  # global batch, split over all devices of all processes
+    # Microbatches per step, their gradients summed before one update (methods/gradient_step.py).
+    c.grad_accum_steps = 1
     c.log_every = 50
     c.eval_every = 0  # 0: run the evaluators only at the end of training
 
@@ -64,9 +67,22 @@ def default_config() -> ConfigDict:
     c.optimizer.lr = 1e-3  # peak learning rate, reached after warmup
     c.optimizer.weight_decay = 0.0  # not applied to biases and normalization scales
     c.optimizer.momentum = 0.9  # sgd and lars
+    c.optimizer.trust_coefficient = 0.001  # lars: eta in eta * ||w|| / ||g + wd * w||
     c.optimizer.warmup_steps = 0
     c.optimizer.schedule = "cosine"  # cosine | constant (after warmup)
+    c.optimizer.end_lr = 0.0  # cosine schedule: the learning rate it decays to at the last step
+    # None: constant weight decay; a value: a cosine from weight_decay to it over the run (DINO).
+    c.optimizer.weight_decay_end = None
     c.optimizer.grad_clip_norm = 0.0  # 0: no clipping
+    # 'global': one norm over all gradients; 'per_parameter': each parameter's gradient on its own (DINO).
+    c.optimizer.grad_clip_mode = "global"
+    # Parameter groups (optim.py): name -> dict(pattern=regex over paths like 'encoder/convs/0/kernel',
+    # lr_scale=1.0, wd_scale=1.0, frozen=False, frozen_steps=0). The first matching group wins.
+    c.optimizer.groups = ConfigDict()
+
+    # A linear classifier on stop-gradient features, trained in the same step with its own learning
+    # rate and no weight decay; its held-out accuracy is a row of the results table ("online probe").
+    c.online_probe = ConfigDict({"enabled": False, "lr": 0.1})
 
     c.data = ConfigDict()
     c.data.source = ConfigDict({"name": "digits"})
@@ -165,6 +181,8 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
 
 def _config_from_recipe(path: str, arg: str | None) -> ConfigDict:
     """Runs a recipe's get_config(arg); a mistake in the file is reported as file, line and error."""
+    recipe_dir = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, recipe_dir)  # recipes import their shared pieces (configs/common.py)
     try:
         module_spec = importlib.util.spec_from_file_location("vision_jax_recipe", path)
         module = importlib.util.module_from_spec(module_spec)
@@ -182,6 +200,8 @@ def _config_from_recipe(path: str, arg: str | None) -> ConfigDict:
                      if os.path.abspath(f.filename) == os.path.abspath(path)]
         where = f", line {in_recipe[-1].lineno}" if in_recipe else ""
         raise ConfigError(f"Config file {path}{where}: {type(error).__name__}: {error}") from None
+    finally:
+        sys.path.remove(recipe_dir)
 
 
 def _config_from_json(path: str) -> ConfigDict:
@@ -230,7 +250,7 @@ def apply_override(config: ConfigDict, dotted_key: str, raw: str) -> str | None:
                              f"so it has no field {dotted_key!r}.")
     section = ".".join(parents)
     # 'evaluators' itself holds evaluator names; each evaluators.<name> holds that one's options.
-    free_form = (section in FREE_FORM_SECTIONS and section != "evaluators") or (
+    free_form = (section in _SECTION_REGISTRIES and section != "evaluators") or (
         len(parents) == 2 and parents[0] == "evaluators")
     if leaf not in node and not free_form:
         raise ConfigError(_unknown_key_message(dotted_key, node))

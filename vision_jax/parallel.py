@@ -116,14 +116,16 @@ def param_specs(param_names: Any, abstract_params: Any, rules: dict[str, str], m
 def state_shardings(abstract_state: Any, param_names: Any, mesh: Mesh, rule_set: str) -> Any:
     """A NamedSharding for every leaf of the train state.
 
-    `param_names` mirrors `abstract_state['params']` with each parameter's logical axis names.
+    `param_names` holds every model parameter's logical axis names, keyed like the model: it
+    covers both the trained params (`abstract_state['params']`) and the followers' params
+    (`abstract_state['ema']`, e.g. an EMA teacher), which are placed by the same rules.
     Optimizer-state leaves (Adam moments, momentum) mirror parameters: each one takes the spec of
     the parameter whose path is the longest suffix of its own path and whose shape it has.
     """
     rules = rules_for(rule_set)
-    specs = param_specs(param_names, abstract_state["params"], rules, mesh)
+    specs = {part: param_specs(param_names, abstract_state[part], rules, mesh) for part in ("params", "ema")}
     by_path = {path: (spec, shape) for (path, spec), (_, shape) in zip(
-        _leaves_with_paths(specs, is_names=False),
+        _leaves_with_paths(specs["params"], is_names=False),
         _leaves_with_paths(jax.tree.map(lambda x: x.shape, abstract_state["params"]), is_names=True))}
 
     def mirror(path, leaf) -> NamedSharding:
@@ -135,7 +137,8 @@ def state_shardings(abstract_state: Any, param_names: Any, mesh: Mesh, rule_set:
         return replicated(mesh)
 
     shardings = {k: jax.tree.map(lambda _: replicated(mesh), v) for k, v in abstract_state.items()}
-    shardings["params"] = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+    for part, part_specs in specs.items():
+        shardings[part] = jax.tree.map(lambda spec: NamedSharding(mesh, spec), part_specs,
                                        is_leaf=lambda x: isinstance(x, P))
     shardings["opt_state"] = jax.tree_util.tree_map_with_path(mirror, abstract_state["opt_state"])
     return shardings

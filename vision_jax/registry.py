@@ -21,6 +21,11 @@ def closest(word: str, choices) -> str:
     return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
 
 
+def options_of(section) -> dict:
+    """A config section naming a factory (`name=...` plus its options) as the factory's keyword arguments."""
+    return {k: v for k, v in section.items() if k != "name"}
+
+
 class Registry(Generic[T]):
     """Maps names to factories (classes or functions)."""
 

@@ -7,8 +7,10 @@ workdir's lock and checks a resumed config (workdir.py), and stops cleanly on a 
 (preemption.py).
 
 The train state is a plain dict of arrays (so orbax, sharding rules and tests see one simple
-pytree): step, params (nnx.Param), model_state (everything else the model holds, e.g. BatchNorm
-statistics), opt_state and rng (raw key data).
+pytree): step; params (the nnx.Params the optimizer trains); ema (the params of the method's
+followers, e.g. an EMA teacher, which follow instead of learning; {} for most methods);
+model_state (everything else the model holds, e.g. BatchNorm statistics); opt_state; and rng
+(raw key data).
 """
 from __future__ import annotations
 
@@ -22,10 +24,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from vision_jax import checkpoint, optim, parallel, preemption, precision
+from vision_jax import checkpoint, parallel, precision, preemption, schedules
 from vision_jax import workdir as workdir_lib
 from vision_jax.data import pipeline, pp
 from vision_jax.data.sources import build_source
@@ -35,17 +36,15 @@ from vision_jax.errors import CheckpointError, ConfigError, Preempted, TrainingD
 from vision_jax.evaluators import EVALUATORS
 from vision_jax.evaluators.features import EvalData, Representation
 from vision_jax.evaluators.report import evaluate_all, format_table
-from vision_jax.logs import MetricLogger
+from vision_jax.logs import CollapseMonitor, MetricLogger
 from vision_jax.methods import METHODS
+from vision_jax.methods.base import MethodSetup, OnlineProbe
 from vision_jax.models import MODELS
 from vision_jax.models.flops import model_flops
 from vision_jax.models.pretrained import load_timm_weights
+from vision_jax.registry import options_of
 
 TrainState = dict[str, Any]
-
-
-def _options(section) -> dict:
-    return {k: v for k, v in section.items() if k != "name"}
 
 
 class Run:
@@ -59,45 +58,66 @@ class Run:
 
         data = config.data
         self.train_source = build_source(data.source, data.train_split, data.image_size)
-        self.augment = AUGMENTATIONS.build(data.augment.name, _options(data.augment))
-        self.device_augment = (DEVICE_AUGMENTATIONS.build(data.device_augment.name, _options(data.device_augment))
+        self.augment = AUGMENTATIONS.build(data.augment.name, options_of(data.augment))
+        self.device_augment = (DEVICE_AUGMENTATIONS.build(data.device_augment.name, options_of(data.device_augment))
                                if data.device_augment.name else None)
-        self.batch_transform = pp.parse_batch(data.batch_pp) if data.batch_pp else None
+        self.batch_transform = self._batch_transform(data.batch_pp)
         self.evaluators = {name: EVALUATORS.build(name, options.to_dict())
                            for name, options in config.evaluators.items()}
         for baseline in config.eval_baselines:
             if baseline not in ("random_init", "raw_pixels"):
                 raise ConfigError(f"Unknown eval baseline {baseline!r}; use 'random_init' and/or 'raw_pixels'.")
+        if config.grad_accum_steps < 1 or config.batch_size % (config.grad_accum_steps * self.mesh.shape["data"]):
+            raise ConfigError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1 and split the batch "
+                              f"({config.batch_size}) into microbatches that the {self.mesh.shape['data']} devices "
+                              f"divide; use a divisor of {config.batch_size // self.mesh.shape['data']}.")
 
-        model_name, model_options = config.model.name, _options(config.model)
+        model_name, model_options = config.model.name, options_of(config.model)
         MODELS.get(model_name)  # fail early on an unknown name, before building the method
         dtypes = {"dtype": precision.compute_dtype(config.precision.compute),
                   "param_dtype": precision.param_dtype(config.precision.params)}
         self.make_encoder = lambda rngs: MODELS.build(model_name, model_options, rngs=rngs, **dtypes)
-        self.method = METHODS.build(config.method.name, _options(config.method), make_encoder=self.make_encoder,
-                                    num_classes=self.train_source.num_classes)
-        self.tx = optim.make_optimizer(config.optimizer, config.total_steps)
-        self.schedule = optim.learning_rate_schedule(config.optimizer, config.total_steps)
+        self.length = schedules.RunLength(config.total_steps,
+                                          max(self.train_source.num_examples // config.batch_size, 1))
+        setup = MethodSetup(self.make_encoder, self.train_source.num_classes, self.length, model_name,
+                            OnlineProbe(**config.online_probe), config.optimizer.lr)
+        self.method = METHODS.build(config.method.name, options_of(config.method), setup=setup)
 
         abstract_model = nnx.eval_shape(lambda: self.method.init_model(nnx.Rngs(0)))
         self.graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
         # Each parameter's logical axis names (models/axes.py), which the sharding rules map onto the mesh.
-        self.param_names = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
+        param_names = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
+        trainable, _ = self._split_followers(nnx.to_pure_dict(abstract_params))
+        self.optimizer = self.method.make_optimizer(config.optimizer, trainable)
         self.abstract_state = jax.eval_shape(self._init_state)
-        self.state_shardings = parallel.state_shardings(self.abstract_state, self.param_names, self.mesh,
-                                                        config.sharding)
+        self.state_shardings = parallel.state_shardings(self.abstract_state, param_names, self.mesh, config.sharding)
         self.signature = checkpoint.model_signature(self.abstract_state["params"], config.model.to_dict())
 
+    def _batch_transform(self, batch_pp: str):
+        """Batch-level ops (mixup, cutmix) mix labels, so integer labels become one-hot first."""
+        if not batch_pp:
+            return None
+        mix = pp.parse_batch(batch_pp)
+        to_onehot = pp.parse(f"onehot({self.train_source.num_classes})")
+        return lambda batch, seed: mix(to_onehot(batch, seed), seed)
+
     # --- state -------------------------------------------------------------------------------
+
+    def _split_followers(self, params: dict) -> tuple[dict, dict]:
+        """(trained params, follower params): followers are top-level attributes of the model."""
+        followers = self.method.followers
+        return ({k: v for k, v in params.items() if k not in followers},
+                {k: v for k, v in params.items() if k in followers})
 
     def _init_state(self) -> TrainState:
         key = jax.random.key(self.config.seed)
         # 'dropout' feeds stochastic layers (ViT drop path); their RNG state lives in model_state.
         model = self.method.init_model(nnx.Rngs(params=jax.random.fold_in(key, 0), dropout=jax.random.fold_in(key, 2)))
         _, params, model_state = nnx.split(model, nnx.Param, ...)
-        params, model_state = nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
-                "opt_state": self.tx.init(params), "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+        params, ema = self._split_followers(nnx.to_pure_dict(params))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": ema,
+                "model_state": nnx.to_pure_dict(model_state), "opt_state": self.optimizer.tx.init(params),
+                "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
 
     def init_state(self, pretrained: bool = True) -> TrainState:
         """A fresh state, created directly with its target shardings (never whole on one device);
@@ -107,8 +127,11 @@ class Run:
             state = self._with_pretrained_encoder(state)
         return state
 
+    def _abstract_encoder(self) -> nnx.Module:
+        return nnx.eval_shape(lambda: self.make_encoder(nnx.Rngs(0)))
+
     def _with_pretrained_encoder(self, state: TrainState) -> TrainState:
-        encoder = nnx.eval_shape(lambda: self.make_encoder(nnx.Rngs(0)))
+        encoder = self._abstract_encoder()
         load_timm_weights(self.config.pretrained, encoder)  # fills every variable in place
         _, params, model_state = nnx.split(encoder, nnx.Param, ...)
         loaded = {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(model_state)}
@@ -120,6 +143,9 @@ class Run:
             state[part]["encoder"] = jax.tree.map(
                 lambda new, old: old if isinstance(new, jax.ShapeDtypeStruct)
                 else jax.device_put(jnp.asarray(new, old.dtype), old.sharding), weights, fresh)
+        # Followers start as copies (own buffers: the step donates the state) of what they follow.
+        for follower, online in self.method.followers.items():
+            state["ema"][follower] = jax.tree.map(jnp.copy, state["params"][online])
         return state
 
     def restore_or_init(self, checkpointer: checkpoint.Checkpointer) -> TrainState:
@@ -134,7 +160,7 @@ class Run:
 
     def encoder_flops(self) -> float:
         """Forward FLOPs of the encoder for one image at the training resolution (XLA cost analysis)."""
-        encoder = nnx.eval_shape(lambda: self.make_encoder(nnx.Rngs(0)))
+        encoder = self._abstract_encoder()
         size = self.config.data.image_size
         return model_flops(encoder, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32), train=False)
 
@@ -145,21 +171,7 @@ class Run:
         if self.device_augment is not None:
             # A pure function of (seed, step), like the host pipeline's randomness: resume-exact.
             batch = self.device_augment(batch, jax.random.fold_in(rng, 1))
-
-        def loss_fn(params):
-            model = nnx.merge(self.graphdef, params, state["model_state"])
-            loss, metrics = self.method.loss(model, batch, rng)
-            _, _, model_state = nnx.split(model, nnx.Param, ...)
-            return loss, (metrics, nnx.to_pure_dict(model_state))
-
-        (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        grad_norm = optax.global_norm(grads)
-        metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": self.schedule(state["step"]),
-                   "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
-        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                     "model_state": model_state, "opt_state": opt_state, "rng": state["rng"]}
-        return new_state, metrics
+        return self.method.update(self.graphdef, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
     def compile_step(self):
         return jax.jit(self.train_step, in_shardings=(self.state_shardings, parallel.batch_sharding(self.mesh)),
@@ -174,33 +186,42 @@ class Run:
         return {"train": build_source(data.source, data.eval_train_split, data.image_size),
                 "test": build_source(data.source, data.eval_test_split, data.image_size)}
 
-    @functools.cached_property
-    def _apply_fns(self):
+    def _jitted(self, fn):
         # Parameters are arguments, not closed-over constants: one compilation serves every
         # evaluation, and the weights are never baked into the program.
-        def features(params, model_state, images):
-            return self.method.features(nnx.merge(self.graphdef, params, model_state), images)
+        def apply(params, ema, model_state, images):
+            return fn(nnx.merge(self.graphdef, {**params, **ema}, model_state), images)
 
-        def logits(params, model_state, images):
-            return self.method.predict(nnx.merge(self.graphdef, params, model_state), images)
+        return jax.jit(apply)
 
-        return jax.jit(features), jax.jit(logits) if hasattr(self.method, "predict") else None
+    @functools.cached_property
+    def _output_fns(self) -> dict[str, dict]:
+        return {"method": {name: self._jitted(fn) for name, fn in self.method.outputs().items()},
+                "online_probe": {name: self._jitted(fn) for name, fn in self.method.online_probe_outputs().items()}}
 
-    def representation(self, name: str, state: TrainState) -> Representation:
-        features_fn, logits_fn = self._apply_fns
-        weights = (state["params"], state["model_state"])
-        return Representation(name, lambda images: features_fn(*weights, images),
-                              None if logits_fn is None else lambda images: logits_fn(*weights, images))
+    def representations(self, name: str, state: TrainState, with_online_probe: bool) -> list[Representation]:
+        """The method's outputs under `name`, and (if asked and trained) the online probe's as a row of its own."""
+        weights = (state["params"], state["ema"], state["model_state"])
+
+        def bind(fns):
+            return {output: functools.partial(fn, *weights) for output, fn in fns.items()}
+
+        rows = [Representation(name, bind(self._output_fns["method"]))]
+        if with_online_probe and self._output_fns["online_probe"]:
+            rows.append(Representation(f"{name} (online probe)", bind(self._output_fns["online_probe"])))
+        return rows
 
     def evaluate(self, state: TrainState, with_baselines: bool) -> dict[str, dict[str, float]]:
-        representations = [self.representation(self.config.method.name, state)]
+        representations = self.representations(self.config.method.name, state, with_online_probe=True)
         if with_baselines and "random_init" in self.config.eval_baselines:
-            representations.append(self.representation("random_init", self.init_state(pretrained=False)))
+            representations += self.representations("random_init", self.init_state(pretrained=False),
+                                                     with_online_probe=False)
         if with_baselines and "raw_pixels" in self.config.eval_baselines:
-            representations.append(Representation("raw_pixels", jax.jit(lambda x: x.reshape(x.shape[0], -1))))
+            representations.append(Representation("raw_pixels",
+                                                  {"features": jax.jit(lambda x: x.reshape(x.shape[0], -1))}))
         # A fresh EvalData per call: its feature cache must never outlive the state it was computed from.
         eval_augment = self.config.data.eval_augment
-        preprocess = AUGMENTATIONS.build(eval_augment.name, _options(eval_augment))
+        preprocess = AUGMENTATIONS.build(eval_augment.name, options_of(eval_augment))
         data = EvalData(self.eval_sources, preprocess, self.mesh, self.eval_batch_size)
         return evaluate_all(self.evaluators, representations, data)
 
@@ -321,6 +342,7 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
                                      batch_transform=run.batch_transform)
     batches = parallel.prefetch_to_device(batches, parallel.batch_sharding(run.mesh))
     first_batch = next(batches)
+    run.method.validate_batch({k: tuple(v.shape) for k, v in first_batch.items()})
     step_fn = run.compile_step().lower(state, first_batch).compile()
     step_flops = _flops(step_fn)  # per device: the compiled program is the partitioned one
     size = config.data.image_size  # 0: images keep their own sizes, so no single forward cost
@@ -330,6 +352,7 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
     pending: list[tuple[int, dict]] = []  # dispatched steps whose metrics are not fetched yet
     since_log: list[dict] = []  # fetched metrics of the steps since the last log line
     last_saved = start or None
+    collapse = CollapseMonitor(logger)
     timer_step, timer_start = start, time.perf_counter()
     try:
         for step in range(start, config.total_steps):
@@ -354,6 +377,7 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
                 summary["train/tflops_per_s_per_device"] = step_flops / seconds_per_step / 1e12
                 logger.write(done, summary)
                 logger.progress(done, summary["train/loss"], summary["train/images_per_s"], seconds_per_step)
+                collapse.observe(done, summary)
                 timer_step, timer_start = done, time.perf_counter()
             if save_now:
                 bad = checkpoint.nonfinite_leaves(state)  # the loss can be finite while the update is not
