@@ -26,13 +26,15 @@ TINY_SIMCLR = [
 # (and results) are the same with or without it.
 _COMPILATION_CACHE = tempfile.TemporaryDirectory(prefix="vision_jax_test_jit_cache_")
 COMPILATION_CACHE_DIR = _COMPILATION_CACHE.name
+CACHE_MIN_COMPILE_SECONDS = "0.5"  # train steps and state inits, not the many tiny eager ops
 
 
 def subprocess_env(devices: int = 1) -> dict[str, str]:
     """The environment of a training subprocess: this checkout, `devices` fake CPU devices."""
     return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE_DIR,
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=CACHE_MIN_COMPILE_SECONDS,
                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
