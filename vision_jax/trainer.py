@@ -249,8 +249,8 @@ def _check_finite(pending: list[tuple[int, dict]], last_saved: int | None, confi
     fetched = jax.device_get([m for _, m in pending])
     for (step, _), metrics in zip(pending, fetched):
         if not metrics["finite"]:
-            raise _diverged(f"Loss or gradient became non-finite at step {step} (loss={metrics['loss']}, "
-                            f"grad_norm={metrics['grad_norm']})", last_saved, config, workdir)
+            values = ", ".join(f"{k}={metrics[k]}" for k in ("loss", "grad_norm", "param_norm") if k in metrics)
+            raise _diverged(f"Training became non-finite at step {step} ({values})", last_saved, config, workdir)
     return fetched
 
 
