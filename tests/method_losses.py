@@ -29,7 +29,6 @@ def losses(method: str, sharding: str) -> list[float]:
         for _ in range(config.total_steps):
             state, metrics = step_fn(state, parallel.to_global_batch(next(batches), parallel.batch_sharding(run.mesh)))
             curve.append(float(metrics["loss"]))
-        run.checkpointer.close()
     return curve
 
 

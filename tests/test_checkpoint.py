@@ -47,12 +47,13 @@ def test_restored_state_equals_the_saved_one_leaf_by_leaf(tmp_path, name):
     run = trainer.Run(config, str(tmp_path))
     state = distinct_values(run.abstract_state, run.state_shardings)
     assert int(state["step"]) != 0 and np.any(as_numpy(state["rng"]))
-    run.checkpointer.save(int(state["step"]), state, run.signature, force=True)
-    run.checkpointer.wait()
-    run.checkpointer.close()
+    checkpointer = checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=1)
+    checkpointer.save(int(state["step"]), state, run.signature, force=True)
+    checkpointer.wait()
+    checkpointer.close()
 
     # A new Run on the same workdir resumes from it, as a rerun of the same command does.
-    restored = trainer.Run(config, str(tmp_path)).restore_or_init()
+    restored = trainer.Run(config, str(tmp_path)).restore_or_init(checkpoint.Checkpointer(str(tmp_path), 1, 1))
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     flat_saved = jax.tree_util.tree_leaves_with_path(state)
     for (path, saved), loaded in zip(flat_saved, jax.tree.leaves(restored)):
@@ -79,6 +80,6 @@ def test_saves_every_n_steps_and_keeps_the_latest_n(tmp_path):
     assert sorted(checkpointer.manager.all_steps()) == [6, 9]
     assert checkpointer.latest_step() == 9
     target = jax.eval_shape(lambda: tiny_state(0))
-    restored = checkpointer.restore(9, target, signature)
+    restored = checkpointer.restore_latest(target, signature)
     np.testing.assert_array_equal(restored["params"]["w"], np.full(3, 9.0))
     checkpointer.close()

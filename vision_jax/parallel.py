@@ -39,22 +39,35 @@ RULE_SETS: dict[str, dict[str, str]] = {
 
 
 def make_mesh(mesh_config) -> Mesh:
-    num_devices = jax.device_count()
-    model = mesh_config.model
-    data = mesh_config.data if mesh_config.data != -1 else num_devices // model
-    if data * model != num_devices:
-        raise ConfigError(f"Mesh data={mesh_config.data} x model={model} does not use the {num_devices} "
-                         f"devices; set config.mesh.data=-1 to take all of them.")
+    data, model = mesh_shape(mesh_config, jax.device_count())
     # Auto axes: XLA propagates shardings through the step (no sharding annotations in model code).
     return jax.make_mesh((data, model), ("data", "model"), devices=jax.devices(),
                          axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
+def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int]:
+    """(data, model) axis sizes for `num_devices`; an error names settings that fit."""
+    model = mesh_config.model
+    if num_devices % model:
+        divisors = [d for d in range(1, num_devices + 1) if num_devices % d == 0]
+        raise ConfigError(f"config.mesh.model={model} does not divide the {num_devices} devices; use a divisor "
+                          f"of {num_devices}, e.g. --config.mesh.model={max(d for d in divisors if d <= model)} "
+                          f"(divisors: {', '.join(map(str, divisors))}).")
+    data = mesh_config.data if mesh_config.data != -1 else num_devices // model
+    if data * model != num_devices:
+        raise ConfigError(f"Mesh data={data} x model={model} does not use the {num_devices} devices; "
+                          f"use --config.mesh.data=-1 to take all of them.")
+    return data, model
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "config.batch_size") -> None:
-    data = mesh.shape["data"]
-    if batch_size % data or batch_size % jax.process_count():
-        raise ConfigError(f"{what}={batch_size} is not divisible by the {data} devices of the mesh's data "
-                         f"axis ({jax.process_count()} process(es)); use a multiple of {data}.")
+    # Every process feeds an equal share, and every device of the data axis an equal slice.
+    multiple = int(np.lcm(mesh.shape["data"], jax.process_count()))
+    if batch_size % multiple:
+        fits = max(multiple, batch_size // multiple * multiple)
+        raise ConfigError(f"{what}={batch_size} is not divisible by the {mesh.shape['data']} devices of the "
+                         f"mesh's data axis ({jax.process_count()} process(es)); use a multiple of {multiple}, "
+                         f"e.g. --{what}={fits}.")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -53,6 +53,14 @@ class Registry(Generic[T]):
             )
         return self._factories[name]
 
+    def option_names(self, name: str) -> tuple[str, ...] | None:
+        """The keyword arguments the factory `name` takes (None: it takes any, via **kwargs)."""
+        params = inspect.signature(self.get(name)).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return None
+        return tuple(n for n, p in params.items()
+                     if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
     def build(self, name: str, kwargs: Mapping[str, Any] | None = None, **extra: Any) -> T:
         """Calls the factory, checking config-given `kwargs` against its signature first.
 

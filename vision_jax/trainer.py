@@ -1,8 +1,10 @@
 """The one training loop, for every method.
 
-A `Run` builds what a config describes (mesh, data, method, sharded train state, checkpoints);
-`train` drives it: jitted step over global batches, logging, periodic evaluation, orbax saves,
-and the final results table beside baselines measured in the same run.
+A `Run` builds what a config describes (mesh, data, method, sharded train state); `train` drives
+it: jitted step over global batches, logging, periodic evaluation, orbax saves, and the final
+results table beside baselines measured in the same run. Around the loop, `train` holds the
+workdir's lock and checks a resumed config (workdir.py), and stops cleanly on a signal
+(preemption.py).
 
 The train state is a plain dict of arrays (so orbax, sharding rules and tests see one simple
 pytree): step; params (the nnx.Params the optimizer trains); ema (the params of the method's
@@ -24,13 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vision_jax import checkpoint, parallel, precision, schedules
-from vision_jax import config as config_lib
+from vision_jax import checkpoint, parallel, precision, preemption, schedules
+from vision_jax import workdir as workdir_lib
 from vision_jax.data import pipeline, pp
 from vision_jax.data.sources import build_source
 from vision_jax.data.device_augment import DEVICE_AUGMENTATIONS
 from vision_jax.data.views import AUGMENTATIONS
-from vision_jax.errors import ConfigError, TrainingDiverged
+from vision_jax.errors import CheckpointError, ConfigError, Preempted, TrainingDiverged
 from vision_jax.evaluators import EVALUATORS
 from vision_jax.evaluators.features import EvalData, Representation
 from vision_jax.evaluators.report import evaluate_all, format_table
@@ -90,8 +92,6 @@ class Run:
         self.abstract_state = jax.eval_shape(self._init_state)
         self.state_shardings = parallel.state_shardings(self.abstract_state, param_names, self.mesh, config.sharding)
         self.signature = checkpoint.model_signature(self.abstract_state["params"], config.model.to_dict())
-        self.checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint.every_steps,
-                                                    config.checkpoint.keep, config.checkpoint.use_async)
 
     def _batch_transform(self, batch_pp: str):
         """Batch-level ops (mixup, cutmix) mix labels, so integer labels become one-hot first."""
@@ -148,13 +148,12 @@ class Run:
             state["ema"][follower] = jax.tree.map(jnp.copy, state["params"][online])
         return state
 
-    def restore_or_init(self) -> TrainState:
-        step = self.checkpointer.latest_step()
-        if step is None:
-            return self.init_state()
+    def restore_or_init(self, checkpointer: checkpoint.Checkpointer) -> TrainState:
+        """The newest usable checkpoint's state, laid out for this mesh, or a fresh one."""
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               self.abstract_state, self.state_shardings)
-        return self.checkpointer.restore(step, target, self.signature)
+        restored = checkpointer.restore_latest(target, self.signature)
+        return self.init_state() if restored is None else restored
 
     def num_params(self) -> int:
         return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.abstract_state["params"]))
@@ -245,36 +244,98 @@ def _flops(compiled) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def _check_finite(pending: list[tuple[int, dict]], last_saved: int | None, workdir: str) -> list[dict]:
+def _check_finite(pending: list[tuple[int, dict]], last_saved: int | None, config, workdir: str) -> list[dict]:
     """Fetches the pending steps' metrics; raises if any step produced a non-finite loss."""
     fetched = jax.device_get([m for _, m in pending])
     for (step, _), metrics in zip(pending, fetched):
         if not metrics["finite"]:
-            where = f"step {last_saved} in {workdir}/checkpoints" if last_saved else "none was saved"
-            raise TrainingDiverged(
-                f"Loss or gradient became non-finite at step {step} (loss={metrics['loss']}, "
-                f"grad_norm={metrics['grad_norm']}). Nothing was saved after it; last good checkpoint: "
-                f"{where}. Lower the learning rate, add warmup or gradient clipping, then rerun.")
+            values = ", ".join(f"{k}={metrics[k]}" for k in ("loss", "grad_norm", "param_norm") if k in metrics)
+            raise _diverged(f"Training became non-finite at step {step} ({values})", last_saved, config, workdir)
     return fetched
 
 
+def _diverged(what: str, last_saved: int | None, config, workdir: str) -> TrainingDiverged:
+    where = f"step {last_saved} in {workdir}/checkpoints" if last_saved else "none was saved"
+    resume = f"it resumes from step {last_saved}" if last_saved else "it starts again"
+    return TrainingDiverged(
+        f"{what}. Nothing was saved after it; last good checkpoint: {where}. Rerun with a lower learning rate "
+        f"({resume}), e.g. --config.optimizer.lr={min(config.optimizer.lr / 10, 1e-3):g} "
+        f"--config.allow_config_change=true, "
+        f"or add warmup or --config.optimizer.grad_clip_norm=1.0 in a new --workdir.")
+
+
 def train(config, workdir: str) -> dict[str, dict[str, float]]:
-    """Trains (resuming from the latest checkpoint in `workdir` if any) and returns the final results."""
-    os.makedirs(workdir, exist_ok=True)
-    run = Run(config, workdir)
+    """Trains (resuming from the latest usable checkpoint in `workdir`, if any) and returns the final
+    results. A stop signal saves the current step and raises `Preempted` (vision_jax/preemption.py)."""
+    workdir_lib.prepare(workdir)
+    with workdir_lib.lock(workdir):
+        checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
+                                               config.checkpoint.use_async)
+        try:
+            return _train(config, workdir, checkpointer)
+        finally:
+            checkpointer.close()
+
+
+def _train(config, workdir: str, checkpointer: checkpoint.Checkpointer) -> dict[str, dict[str, float]]:
+    latest = checkpointer.latest_step()
+    notes = workdir_lib.check_resume(config, workdir, latest) if latest is not None else []
+    results_path = os.path.join(workdir, "results.json")
+    finished = latest == config.total_steps and not workdir_lib.changes_since_saved(config, workdir)
+    if finished and (os.path.exists(results_path) or not config.evaluators):
+        return _finished_run(workdir, latest, results_path)
+
     logger = MetricLogger(workdir, config.total_steps)
+    for note in notes:
+        logger.info(f"note: {note}")
+    with preemption.StopSignals(config.preemption_signal, checkpointer.reached_preemption) as stop:
+        run = Run(config, workdir)
+        try:
+            state = run.restore_or_init(checkpointer)
+        except checkpoint.StateStructureError as error:
+            changes = workdir_lib.changes_since_saved(config, workdir)
+            raise CheckpointError(f"{error} Changed since it was saved: {changes or 'nothing in config.json'}. "
+                                  f"Resume without those changes (--config={workdir}/config.json), or use a new "
+                                  f"--workdir.") from None
+        workdir_lib.write_config(config, workdir)  # only now: the checkpoint fits this config
+        start = int(state["step"])
+        if stop.should_stop(start):  # a signal during start-up: nothing new to save
+            raise Preempted(f"Stopped by {stop.received} before step {start + 1}; nothing new to save.", start)
+        logger.forget_after(start)
+        logger.info(f"{config.method.name} / {config.model.name}: {run.num_params():,} parameters; "
+                    f"mesh {dict(run.mesh.shape)}; global batch {config.batch_size}; "
+                    f"train data {run.train_source.description} ({run.train_source.num_examples} examples)"
+                    + (f"; resuming from step {start}" if start else ""))
+        state = _train_loop(run, state, start, stop, checkpointer, logger)
+
+    results = {}
+    if run.evaluators:
+        results = run.evaluate(state, with_baselines=True)
+        logger.write(config.total_steps,
+                     {f"final/{rep}/{k}": v for rep, row in results.items() for k, v in row.items()})
+        logger.info("\n" + format_table(results, run.results_caption(config.total_steps)))
+        if jax.process_index() == 0:
+            with open(results_path, "w") as f:
+                json.dump(results, f, indent=2)
+    return results
+
+
+def _finished_run(workdir: str, step: int, results_path: str) -> dict[str, dict[str, float]]:
+    """A rerun of a finished run: its saved results, without training or evaluating again."""
+    results = {}
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_lib.to_json(config))
+        print(f"The run in {workdir} is finished (step {step}); nothing was trained or evaluated again.", flush=True)
+        if results:
+            print("\n" + format_table(results, f"Results at step {step}, saved in {results_path}:"), flush=True)
+    return results
 
-    state = run.restore_or_init()
-    start = int(state["step"])
-    logger.forget_after(start)
-    logger.info(f"{config.method.name} / {config.model.name}: {run.num_params():,} parameters; "
-                f"mesh {dict(run.mesh.shape)}; global batch {config.batch_size}; "
-                f"train data {run.train_source.description} ({run.train_source.num_examples} examples)"
-                + (f"; resuming from step {start}" if start else ""))
 
+def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSignals,
+                checkpointer: checkpoint.Checkpointer, logger: MetricLogger) -> TrainState:
+    config, workdir = run.config, run.workdir
     batches = pipeline.train_batches(run.train_source, run.augment, global_batch=config.batch_size,
                                      seed=config.seed, start_step=start, process_index=jax.process_index(),
                                      process_count=jax.process_count(), prefetch=config.data.prefetch,
@@ -290,7 +351,7 @@ def train(config, workdir: str) -> dict[str, dict[str, float]]:
     batches = itertools.chain([first_batch], batches)
     pending: list[tuple[int, dict]] = []  # dispatched steps whose metrics are not fetched yet
     since_log: list[dict] = []  # fetched metrics of the steps since the last log line
-    last_saved = run.checkpointer.latest_step()
+    last_saved = start or None
     collapse = CollapseMonitor(logger)
     timer_step, timer_start = start, time.perf_counter()
     try:
@@ -299,12 +360,13 @@ def train(config, workdir: str) -> dict[str, dict[str, float]]:
             done = step + 1
             pending.append((done, metrics))
             is_last = done == config.total_steps
-            log_now = done % config.log_every == 0 or is_last
-            save_now = run.checkpointer.should_save(done) or is_last
-            eval_now = config.eval_every > 0 and done % config.eval_every == 0 and not is_last
+            stopping = stop.should_stop(done)  # every step, on every process (the processes agree)
+            log_now = (config.log_every and done % config.log_every == 0) or is_last
+            save_now = checkpointer.should_save(done) or is_last or stopping
+            eval_now = config.eval_every > 0 and done % config.eval_every == 0 and not (is_last or stopping)
             if not (log_now or save_now or eval_now):
                 continue
-            since_log += _check_finite(pending, last_saved, workdir)
+            since_log += _check_finite(pending, last_saved, config, workdir)
             pending = []
             if log_now:
                 seconds_per_step = (time.perf_counter() - timer_start) / (done - timer_step)
@@ -318,24 +380,21 @@ def train(config, workdir: str) -> dict[str, dict[str, float]]:
                 collapse.observe(done, summary)
                 timer_step, timer_start = done, time.perf_counter()
             if save_now:
-                run.checkpointer.save(done, state, run.signature, force=is_last)
+                bad = checkpoint.nonfinite_leaves(state)  # the loss can be finite while the update is not
+                if bad:
+                    raise _diverged(f"The train state became non-finite at step {done} ({len(bad)} arrays hold NaN "
+                                    f"or infinity, e.g. {bad[0]})", last_saved, config, workdir)
+                checkpointer.save(done, state, run.signature, force=is_last or stopping)
                 last_saved = done
+            if stopping:
+                checkpointer.wait()
+                raise Preempted(f"Stopped by {stop.received} after step {done}; its state is saved in "
+                                f"{checkpointer.directory}.", done)
             if eval_now and run.evaluators:
                 results = run.evaluate(state, with_baselines=False)[config.method.name]
                 logger.write(done, {f"eval/{k}": v for k, v in results.items()})
                 logger.info(f"step {done} eval: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
                 timer_step, timer_start = done, time.perf_counter()
     finally:
-        run.checkpointer.wait()
-
-    results = {}
-    if run.evaluators:
-        results = run.evaluate(state, with_baselines=True)
-        logger.write(config.total_steps,
-                     {f"final/{rep}/{k}": v for rep, row in results.items() for k, v in row.items()})
-        logger.info("\n" + format_table(results, run.results_caption(config.total_steps)))
-        if jax.process_index() == 0:
-            with open(os.path.join(workdir, "results.json"), "w") as f:
-                json.dump(results, f, indent=2)
-    run.checkpointer.close()
-    return results
+        checkpointer.wait()
+    return state

@@ -90,7 +90,7 @@ MUTATIONS = [
     Mutation("checkpoint_keeps_one_more", "vision_jax/checkpoint.py",
              "max_to_keep=keep,", "max_to_keep=keep + 1,", CKPT),
     Mutation("checkpoint_every_step", "vision_jax/checkpoint.py",
-             "save_interval_steps=every_steps,", "save_interval_steps=1,", CKPT),
+             "save_interval_steps=every_steps or None,", "save_interval_steps=1,", CKPT),
     # --- models
     Mutation("resnet_zero_init_not_passed_to_blocks", "vision_jax/models/resnet.py",
              "block_cls(cin, width, stride, zero_init_last_bn=zero_init_last_bn, **kw)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} "
                      f"(config fields are set with --config.<field>=<value>)")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):  # checked before the (slow) drawing
+        parser.error(f"--out={args.out}: folder {folder} does not exist; create it (mkdir -p {shlex.quote(folder)}) or "
+                     f"choose another --out")
     tf.config.set_visible_devices([], "GPU")  # pictures need no accelerator
     try:
         config = load_config(args.config, overrides)
