@@ -26,6 +26,7 @@ from vision_jax.data.ops import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from vision_jax.data.sources import build_source  # noqa: E402
 from vision_jax.data.views import AUGMENTATIONS  # noqa: E402
 from vision_jax.errors import UserError  # noqa: E402
+from vision_jax.registry import options_of  # noqa: E402
 
 OVERRIDE_PREFIX = "--config."
 GAP = 2  # pixels between cells
@@ -73,7 +74,7 @@ def draw(config, num_images: int, cell_height: int = 0) -> np.ndarray:
     96 px, or the largest view's height)."""
     data = config.data
     source = build_source(data.source, data.train_split, data.image_size)
-    options = {k: v for k, v in data.augment.items() if k != "name"}
+    options = options_of(data.augment)
     augment = AUGMENTATIONS.build(data.augment.name, options)
     normalized = bool(options.get("normalize", False))
     rows = []
