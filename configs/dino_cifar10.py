@@ -19,7 +19,9 @@ from vision_jax.config import default_config, parse_arg
 
 def get_config(arg=None):
     arg = parse_arg(arg, data_root=common.SHARED_CIFAR_ZIP, runlocal=False, cpu_budget=False, epochs=1000,
-                    num_local=6, seed=0)
+                    num_local=-1, seed=0)
+    # 6 local crops as in DINO; 2 under the CPU budget, where each local crop costs training steps.
+    num_local = arg.num_local if arg.num_local >= 0 else (2 if arg.cpu_budget else 6)
     c = default_config()
     c.seed = arg.seed
     c.batch_size = 256
@@ -30,7 +32,7 @@ def get_config(arg=None):
 
     common.cifar_resnet18(c)
     common.cifar10(c, arg.data_root, dict(name="dino", global_size=32, global_scale=(0.25, 1.0),
-                                          num_local=arg.num_local, local_size=16, local_scale=(0.05, 0.25)))
+                                          num_local=num_local, local_size=16, local_scale=(0.05, 0.25)))
     c.method = dict(name="dino", out_dim=4096, hidden_dim=2048, bottleneck_dim=256, base_momentum=0.9995,
                     student_temp=0.1, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=10,
                     freeze_last_layer_epochs=1.0)
