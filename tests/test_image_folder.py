@@ -161,3 +161,15 @@ def test_an_unwritable_cache_directory_is_a_warning_with_the_fix(tmp_path):
     with pytest.warns(UserWarning, match=r"Cannot write the image listing cache.*config\.data\.source\.listing_cache"):
         source = build(str(tmp_path), str(tmp_path / "not_a_dir"))
     assert source.num_examples == NUM_GOOD
+
+
+def test_the_default_cache_is_read_from_xdg_cache_home_when_the_source_is_built(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    for name, data in folder_files().items():
+        if not name.endswith("x.png"):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # set after vision_jax was imported
+    SOURCES.build("image_folder", {"root": str(root)}, split="train", image_size=0)
+    cached = sorted(os.listdir(tmp_path / "xdg" / "vision_jax"))
+    assert len(cached) == 2 and all(name.startswith("data-train-") for name in cached), cached

@@ -75,7 +75,10 @@ def list_images(root: str, split: str, *, validate: bool, max_bad_fraction: floa
     ('' = no cache); with `validate`, without the files PIL cannot decode (one warning naming the
     first and the count; more than `max_bad_fraction` of them is an error)."""
     root = os.path.abspath(os.path.expanduser(root))
-    is_zip = os.path.isfile(root) and zipfile.is_zipfile(root)
+    is_zip = os.path.isfile(root)
+    if is_zip and not zipfile.is_zipfile(root):  # e.g. a download cut short: no central directory at the end
+        raise DataError(f"{root!r} is not a valid zip archive (truncated or corrupt?); image_folder's root "
+                        f"is a folder or a .zip of <split>/<class>/<image> files.")
     if not is_zip and not os.path.isdir(os.path.join(root, split)):
         raise MissingDataError(
             f"Image folder split {os.path.join(root, split)!r} does not exist: expected images in "
@@ -98,10 +101,17 @@ def _list_cached(root: str, split: str, is_zip: bool, signature: str, cache_dir:
             raise DataError(
                 f"{len(unreadable)} of {len(images.keys)} images in {images.where!r} cannot be decoded (first: "
                 f"{images.path_of(unreadable[0])}), more than max_bad_fraction={max_bad_fraction}. Fix or remove "
-                f"them, or raise config.data.source.max_bad_fraction.")
+                f"them, or skip them with --config.data.source.max_bad_fraction="
+                f"{_fraction_that_skips(len(unreadable), len(images.keys))}")
         warnings.warn(f"Skipping {len(unreadable)} unreadable image(s) in {images.where!r}; first: "
                       f"{images.path_of(unreadable[0])}")
     return images.select(np.flatnonzero(~np.isin(images.keys, unreadable)))
+
+
+def _fraction_that_skips(unreadable: int, total: int) -> float:
+    """A short max_bad_fraction that is at least unreadable / total."""
+    fraction = float(f"{unreadable / total:.2g}")
+    return fraction if fraction * total >= unreadable else float(f"{fraction * 1.1:.2g}")
 
 
 # --- listing ---------------------------------------------------------------------------------------
@@ -328,7 +338,8 @@ class _UnreadableLog:
             raise DataError(
                 f"{count} of {num_images} images in {self.images.where!r} cannot be decoded (latest: "
                 f"{self.images.path(index)}), more than max_bad_fraction={self.max_bad_fraction}. Fix or remove "
-                f"them, or raise config.data.source.max_bad_fraction.")
+                f"them, or count them all before training with --config.data.source.validate=true (its error "
+                f"names the max_bad_fraction that skips them).")
         if count.bit_length() > before.bit_length():  # the count reached 1, 2, 4, 8, ...
             warnings.warn(
                 f"{count} unreadable image(s) met so far in {self.images.where!r}; latest "

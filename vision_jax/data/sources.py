@@ -27,11 +27,9 @@ from vision_jax.data import image_files
 from vision_jax.data.ops import decode_to_uint8
 from vision_jax.data.splits import parse_split, slice_bounds
 from vision_jax.errors import ConfigError, DataError, MissingDataError
-from vision_jax.registry import Registry, closest
+from vision_jax.registry import Registry, closest, options_of
 
 SOURCES = Registry("data source")
-# Where image_folder caches its listings unless told otherwise: one small file per folder and split.
-DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "vision_jax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,13 +80,19 @@ def digits(split: str, image_size: int, split_seed: int = 0) -> Source:
     return in_memory_source(images, data.target[index].astype(np.int32), 10, f"digits[{split}]")
 
 
+def default_listing_cache() -> str:
+    """Where image_folder caches its listings unless told otherwise: one small file per folder and split."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "vision_jax")
+
+
 @SOURCES.register("image_folder")
 def image_folder(root: str, split: str, image_size: int, split_seed: int = 0, max_bad_fraction: float = 0.001,
-                 validate: bool = True, listing_cache: str = DEFAULT_CACHE_DIR) -> Source:
+                 validate: bool = True, listing_cache: str | None = None) -> Source:
     """Images in `root/<split>/<class>/<file>`, where root is a directory or a .zip archive.
 
     Classes are the sorted class-folder names over all splits. The listing is cached in
-    `listing_cache` ('' = no cache; see data/image_files.py for when it is re-listed).
+    `listing_cache` (None: $XDG_CACHE_HOME/vision_jax, by default ~/.cache/vision_jax, read when
+    the source is built; '' = no cache; see data/image_files.py for when it is re-listed).
     `validate=True` decodes every file once before training and skips the unreadable ones with
     one warning (the result is cached with the listing); `validate=False` (for a million files)
     reads nothing up front and replaces a file that fails to decode when met by the next readable
@@ -98,7 +102,7 @@ def image_folder(root: str, split: str, image_size: int, split_seed: int = 0, ma
     """
     name, _, _ = parse_split(split)
     images = image_files.list_images(root, name, validate=validate, max_bad_fraction=max_bad_fraction,
-                                     cache_dir=listing_cache)
+                                     cache_dir=default_listing_cache() if listing_cache is None else listing_cache)
     images = images.select(_seeded_slice(split, len(images.keys), split_seed))
     labels_t = tf.constant(images.labels)
     decode = image_files.decoder(images, replace_unreadable=not validate, max_bad_fraction=max_bad_fraction)
@@ -133,6 +137,11 @@ def arrays_source(images: np.ndarray, labels: np.ndarray, split: str = "train", 
     """A Source over numpy arrays (the Python API behind the 'arrays' source)."""
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
         raise DataError(f"images must be uint8 [N, H, W, 3] or [N, H, W]; got {images.dtype} {images.shape}.")
+    if labels.ndim == 2 and len(labels) == len(images):
+        raise DataError(f"labels have shape {labels.shape}: one-hot or per-class scores, but a source needs "
+                        f"one integer class id per image; save labels.argmax(axis=1) instead.")
+    if labels.ndim != 1:
+        raise DataError(f"labels must be [N] class ids; got shape {labels.shape}.")
     if len(images) != len(labels):
         raise DataError(f"{len(images)} images but {len(labels)} labels.")
     if not np.issubdtype(labels.dtype, np.integer):
@@ -245,5 +254,4 @@ def _prepared_builder(dataset: str, data_dir: str | None):
 
 def build_source(source_config, split: str, image_size: int) -> Source:
     """Builds the configured source for one split (config: {'name': ..., **options})."""
-    options = {k: v for k, v in source_config.items() if k != "name"}
-    return SOURCES.build(source_config["name"], options, split=split, image_size=image_size)
+    return SOURCES.build(source_config["name"], options_of(source_config), split=split, image_size=image_size)

@@ -64,8 +64,10 @@ class BatchNorm(nnx.BatchNorm):
 
     def __init__(self, num_features: int, *, dtype: Dtype = jnp.float32,
                  param_dtype: Dtype = jnp.float32,
-                 scale_init: Initializer = nnx.initializers.ones_init(), rngs: nnx.Rngs):
+                 scale_init: Initializer = nnx.initializers.ones_init(), affine: bool = True, rngs: nnx.Rngs):
+        """`affine=False`: no learned scale and bias (PyTorch's BatchNorm1d(affine=False))."""
         super().__init__(num_features, momentum=0.9, epsilon=1e-5, dtype=jnp.float32,
+                         use_scale=affine, use_bias=affine,
                          param_dtype=param_dtype, scale_init=partitioned(scale_init, (NORM,)),
                          bias_init=partitioned(nnx.initializers.zeros_init(), (NORM,)), rngs=rngs)
         self.output_dtype = dtype
