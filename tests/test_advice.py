@@ -12,7 +12,7 @@ from test_data import folder_with_bad_files  # noqa: F401 - a fixture
 
 from vision_jax import config as config_lib
 from vision_jax import parallel
-from vision_jax.data import show_views, sources
+from vision_jax.data import pipeline, show_views, sources, views
 from vision_jax.errors import ConfigError, DataError
 
 RECIPE = "configs/supervised_digits.py"
@@ -35,6 +35,28 @@ def test_too_many_bad_images_advice_adds_the_option_the_recipe_did_not_set(folde
     with pytest.warns(UserWarning, match="Skipping 2 unreadable image"):
         source = sources.build_source(config.data.source, config.data.train_split, config.data.image_size)
     assert source.num_examples == 8
+
+
+def test_bad_images_met_lazily_get_advice_that_leads_to_skipping_them(folder_with_bad_files):  # noqa: F811
+    root, _ = folder_with_bad_files  # 2 of 10 images cannot be decoded; one batch meets them all
+    overrides = ["data.source.name=image_folder", f"data.source.root={root}", "data.train_split=train",
+                 "data.source.validate=false", "data.source.max_bad_fraction=0.1"]
+
+    def first_batch(config):
+        source = sources.build_source(config.data.source, config.data.train_split, config.data.image_size)
+        return next(pipeline.train_batches(source, views.AUGMENTATIONS.build("none"), global_batch=10, seed=0,
+                                           start_step=0))
+
+    with pytest.raises(DataError) as error, pytest.warns(UserWarning, match="unreadable image"):
+        first_batch(config_lib.load_config(RECIPE, overrides))
+    advice = suggested_overrides(str(error.value))
+    assert advice == ["data.source.validate=true"]
+    with pytest.raises(DataError) as error:  # the validation pass counts them all and names the fraction
+        first_batch(config_lib.load_config(RECIPE, [*overrides, *advice]))
+    more_advice = suggested_overrides(str(error.value))
+    with pytest.warns(UserWarning, match="Skipping 2 unreadable image"):
+        batch = first_batch(config_lib.load_config(RECIPE, [*overrides, *advice, *more_advice]))
+    assert batch["image"].shape[0] == 10
 
 
 @pytest.mark.parametrize("mesh, devices", [(dict(data=-1, model=2), 3), (dict(data=4, model=1), 3),
