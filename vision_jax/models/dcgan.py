@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vision_jax.errors import ConfigError
-from vision_jax.models import MODELS
+from vision_jax.models import MODELS, conv
 from vision_jax.models.layers import CONV_KERNEL_AXES, BatchNorm, Dtype
 from vision_jax.models.axes import partitioned
 
@@ -80,7 +80,8 @@ class Discriminator(nnx.Module):
 
         def down(cin: int, cout: int, stride: int, padding) -> nnx.Conv:
             return nnx.Conv(cin, cout, (4, 4), strides=(stride, stride), padding=padding, use_bias=False,
-                            kernel_init=partitioned(conv_init, CONV_KERNEL_AXES), **kw)
+                            kernel_init=partitioned(conv_init, CONV_KERNEL_AXES),
+                            conv_general_dilated=conv.conv_general_dilated, **kw)
 
         # Padding 1 on each side with kernel 4, stride 2 halves the resolution exactly (PyTorch's).
         self.convs = nnx.List([down(a, b, 2, 1) for a, b in zip(widths[:-1], widths[1:])] +

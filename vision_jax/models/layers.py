@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vision_jax.models import conv as conv_impl
 from vision_jax.models.axes import CONV_IN, CONV_OUT, NORM, partitioned
 
 Dtype = Any
@@ -37,10 +38,14 @@ def conv_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32
 def conv(cin: int, cout: int, kernel: int, stride: int = 1, *, dtype: Dtype = jnp.float32,
          param_dtype: Dtype = jnp.float32, kernel_init: Initializer = conv_init,
          rngs: nnx.Rngs) -> nnx.Conv:
-    """A bias-free square convolution padded by kernel // 2 on each side, as torchvision's."""
+    """A bias-free square convolution padded by kernel // 2 on each side, as torchvision's.
+
+    It runs `models/conv.py`'s convolution: XLA's, or on CPU one with a faster kernel gradient.
+    """
     return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride), padding=kernel // 2,
                     use_bias=False, kernel_init=partitioned(kernel_init, CONV_KERNEL_AXES),
-                    dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                    dtype=dtype, param_dtype=param_dtype, conv_general_dilated=conv_impl.conv_general_dilated,
+                    rngs=rngs)
 
 
 def linear(din: int, dout: int, names: tuple[str | None, str | None], *, use_bias: bool = True,
