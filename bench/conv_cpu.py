@@ -39,6 +39,8 @@ MODELS_TO_TIME = {
     "resnet50": ("resnet", {"depth": 50, "stem": "imagenet"}, 16, 224),
     "cnn": ("cnn", {}, 128, 32),
     "dcgan_d": ("dcgan_discriminator", {"image_size": 64}, 128, 64),
+    "vit_p4": ("vit", {"variant": "S", "patch_size": 4, "image_size": 32, "pool": "gap"}, 128, 32),
+    "vit_s16": ("vit", {"variant": "S", "patch_size": 16, "image_size": 224}, 16, 224),
 }
 
 Layer = collections.namedtuple("Layer", "x_shape kernel_shape strides padding dilation")

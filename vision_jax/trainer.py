@@ -35,7 +35,7 @@ from vision_jax.evaluators.features import EvalData, Representation
 from vision_jax.evaluators.report import evaluate_all, format_table
 from vision_jax.logs import MetricLogger
 from vision_jax.methods import METHODS
-from vision_jax.models import MODELS
+from vision_jax.models import MODELS, conv
 from vision_jax.models.flops import model_flops
 from vision_jax.models.pretrained import load_timm_weights
 
@@ -67,6 +67,7 @@ class Run:
             if baseline not in ("random_init", "raw_pixels"):
                 raise ConfigError(f"Unknown eval baseline {baseline!r}; use 'random_init' and/or 'raw_pixels'.")
 
+        conv.set_conv_impl(config.conv_impl)  # read when the step is traced
         model_name, model_options = config.model.name, _options(config.model)
         MODELS.get(model_name)  # fail early on an unknown name, before building the method
         dtypes = {"dtype": precision.compute_dtype(config.precision.compute),

@@ -18,7 +18,7 @@ across them, which the chunked kernel gradient would have to gather.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,66 +58,92 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          preferred_element_type=None, out_sharding=None) -> jax.Array:
     """`jax.lax.conv_general_dilated`, with the 'cpu' kernel gradient where it applies.
 
-    The 'cpu' path covers 2-D NHWC/HWIO convolutions without input dilation or feature groups
-    (every conv of the models here); anything else runs XLA's convolution under either impl.
+    The 'cpu' path covers 2-D NHWC/HWIO convolutions without feature groups, strided or
+    transposed (input dilation, as `nnx.Conv(input_dilation=s)` for a transposed convolution),
+    with kernel dilation only when the input is not dilated: every conv of the models here.
+    Anything else runs XLA's convolution under either impl.
     """
     xla = functools.partial(lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation,
                             rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
                             precision, preferred_element_type, out_sharding=out_sharding)
     if resolved_conv_impl() == "xla" or lhs.ndim != 4 or preferred_element_type is not None:
         return xla()
-    dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    if (dims != _NHWC or any(d != 1 for d in lhs_dilation or (1, 1)) or feature_group_count != 1
-            or batch_group_count != 1):
+    strides, lhs_dilation, rhs_dilation = (tuple(v or (1, 1)) for v in (window_strides, lhs_dilation, rhs_dilation))
+    transposed = lhs_dilation != (1, 1)
+    if (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC or feature_group_count != 1
+            or batch_group_count != 1 or (transposed and (strides != (1, 1) or rhs_dilation != (1, 1)))):
         return xla()
-    dilation = tuple(rhs_dilation or (1, 1))
     if isinstance(padding, str):
-        dilated_window = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation)]
-        padding = lax.padtype_to_pads(lhs.shape[1:3], dilated_window, window_strides, padding)
-    return _conv(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), dilation, precision)
+        dilated_window = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dilation)]
+        padding = lax.padtype_to_pads(lhs.shape[1:3], dilated_window, strides, padding)
+    geometry = _Geometry(strides, tuple(map(tuple, padding)), lhs_dilation, rhs_dilation)
+    return _conv(lhs, rhs, geometry, precision)
 
 
-def _xla_conv(x, kernel, strides, padding, dilation, precision):
-    return lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation,
-                                    dimension_numbers=_NHWC, precision=precision)
+class _Geometry(NamedTuple):
+    strides: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    lhs_dilation: tuple[int, int]
+    rhs_dilation: tuple[int, int]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv(x, kernel, strides, padding, dilation, precision):
-    return _xla_conv(x, kernel, strides, padding, dilation, precision)
+def _xla_conv(x, kernel, geometry: _Geometry, precision):
+    return lax.conv_general_dilated(x, kernel, geometry.strides, geometry.padding, geometry.lhs_dilation,
+                                    geometry.rhs_dilation, _NHWC, precision=precision)
 
 
-def _conv_fwd(x, kernel, strides, padding, dilation, precision):
-    return _xla_conv(x, kernel, strides, padding, dilation, precision), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, geometry, precision):
+    return _xla_conv(x, kernel, geometry, precision)
 
 
-def _conv_bwd(strides, padding, dilation, precision, residuals, dy):
+def _conv_fwd(x, kernel, geometry, precision):
+    return _xla_conv(x, kernel, geometry, precision), (x, kernel)
+
+
+def _conv_bwd(geometry, precision, residuals, dy):
     x, kernel = residuals
-    conv_of_x = functools.partial(_xla_conv, kernel=kernel, strides=strides, padding=padding,
-                                  dilation=dilation, precision=precision)
+    conv_of_x = functools.partial(_xla_conv, kernel=kernel, geometry=geometry, precision=precision)
     (dx,) = jax.linear_transpose(conv_of_x, jax.ShapeDtypeStruct(x.shape, x.dtype))(dy)
-    dkernel = _kernel_grad(x, dy, kernel.shape, strides, padding, dilation)
-    return dx, dkernel.astype(kernel.dtype)
+    return dx, _kernel_grad(x, dy, kernel.shape, geometry).astype(kernel.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def _kernel_grad(x, dy, kernel_shape, strides, padding, dilation) -> jax.Array:
-    """dW = im2col(x)^T dy in float32, summed over chunks of images (a scan keeps one chunk live)."""
+def _kernel_grad(x, dy, kernel_shape, geometry: _Geometry) -> jax.Array:
+    """dW in float32, from sums over pixels of input patches times output gradients."""
     kh, kw, cin, cout = kernel_shape
-    n, ho, wo, _ = dy.shape
-    chunk = _images_per_chunk(n, ho * wo * kh * kw * cin * x.dtype.itemsize)
-    xs = x.reshape(n // chunk, chunk, *x.shape[1:])
-    dys = dy.reshape(n // chunk, chunk * ho * wo, cout)
+    if geometry.lhs_dilation == (1, 1):
+        # dW[i, j] = sum over output pixels p of x[stride * p + dilation * (i, j) - pad_lo] dy[p]^T
+        return _patch_products(x, dy, (kh, kw), geometry.strides, geometry.padding,
+                               geometry.rhs_dilation).reshape(kernel_shape)
+    # A transposed convolution (input dilated by s): only the pixels q of x itself contribute,
+    # dW[i, j] = sum_q x[q] dy[s * q + pad_lo - (i, j)]^T: patches of dy taken with stride s,
+    # the taps in reverse order, the roles of x and dy swapped.
+    (lo_h, hi_h), (lo_w, hi_w) = geometry.padding
+    swapped = ((kh - 1 - lo_h, kh - 1 - hi_h), (kw - 1 - lo_w, kw - 1 - hi_w))
+    sums = _patch_products(dy, x, (kh, kw), geometry.lhs_dilation, swapped, (1, 1))
+    return sums.reshape(kh, kw, cout, cin)[::-1, ::-1].transpose(0, 1, 3, 2)
+
+
+def _patch_products(a, b, window, strides, padding, dilation) -> jax.Array:
+    """sum over pixels p of patch_a(p) b[p]^T, [kh * kw * C_a, C_b] in float32: a's patches at b's
+    pixels, summed over chunks of images (a scan keeps one chunk's patches live, in cache)."""
+    kh, kw = window
+    n, ho, wo, cb = b.shape
+    ca = a.shape[-1]
+    chunk = _images_per_chunk(n, ho * wo * kh * kw * ca * a.dtype.itemsize)
+    a_chunks = a.reshape(n // chunk, chunk, *a.shape[1:])
+    b_chunks = b.reshape(n // chunk, chunk * ho * wo, cb)
 
     def add_chunk(total, chunk_pair):
-        x_chunk, dy_chunk = chunk_pair
-        cols_t = _transposed_patches(x_chunk, (kh, kw), strides, padding, dilation, (ho, wo))
-        return total + jnp.dot(cols_t, dy_chunk, preferred_element_type=jnp.float32), None
+        a_chunk, b_chunk = chunk_pair
+        patches_t = _transposed_patches(a_chunk, window, strides, padding, dilation, (ho, wo))
+        return total + jnp.dot(patches_t, b_chunk, preferred_element_type=jnp.float32), None
 
-    total, _ = lax.scan(add_chunk, jnp.zeros((kh * kw * cin, cout), jnp.float32), (xs, dys))
-    return total.reshape(kernel_shape)
+    total, _ = lax.scan(add_chunk, jnp.zeros((kh * kw * ca, cb), jnp.float32), (a_chunks, b_chunks))
+    return total
 
 
 def _images_per_chunk(n: int, bytes_per_image: int) -> int:

@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from vision_jax.errors import ConfigError
-from vision_jax.models import MODELS
+from vision_jax.models import MODELS, conv
 from vision_jax.models.axes import (
     CLASSES,
     CONV_IN,
@@ -295,7 +295,7 @@ class PatchEmbedding(nnx.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         """[B, H, W, 3] -> [B, H/p, W/p, width]."""
         p = self.patch_size
-        y = jax.lax.conv_general_dilated(images.astype(self.dtype), self.kernel[...].astype(self.dtype),
+        y = conv.conv_general_dilated(images.astype(self.dtype), self.kernel[...].astype(self.dtype),
                                          window_strides=(p, p), padding="VALID",
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + self.bias[...].astype(self.dtype)
