@@ -32,25 +32,27 @@ from flax import nnx
 
 from vision_jax.models import MODELS, conv
 
-# name -> (registry name, options, batch, image size): the models and batches of bench/train_step.py
-# (the DCGAN discriminator at the PyTorch example's batch).
+# name -> (registry name, options, input shape): the models and batches of bench/train_step.py,
+# DCGAN at the PyTorch example's batch and ViT-S/16 at bench/models.py's.
 MODELS_TO_TIME = {
-    "resnet18": ("resnet", {"depth": 18, "stem": "cifar"}, 128, 32),
-    "resnet50": ("resnet", {"depth": 50, "stem": "imagenet"}, 16, 224),
-    "cnn": ("cnn", {}, 128, 32),
-    "dcgan_d": ("dcgan_discriminator", {"image_size": 64}, 128, 64),
-    "vit_p4": ("vit", {"variant": "S", "patch_size": 4, "image_size": 32, "pool": "gap"}, 128, 32),
-    "vit_s16": ("vit", {"variant": "S", "patch_size": 16, "image_size": 224}, 16, 224),
+    "resnet18": ("resnet", {"depth": 18, "stem": "cifar"}, (128, 32, 32, 3)),
+    "resnet50": ("resnet", {"depth": 50, "stem": "imagenet"}, (16, 224, 224, 3)),
+    "cnn": ("cnn", {}, (128, 32, 32, 3)),
+    "vit_p4": ("vit", {"variant": "S", "patch_size": 4, "image_size": 32, "pool": "gap"}, (128, 32, 32, 3)),
+    "vit_s16": ("vit", {"variant": "S", "patch_size": 16, "image_size": 224}, (16, 224, 224, 3)),
+    "dcgan_g": ("dcgan_generator", {"image_size": 64}, (128, 100)),
+    "dcgan_d": ("dcgan_discriminator", {"image_size": 64}, (128, 64, 64, 3)),
 }
 
-Layer = collections.namedtuple("Layer", "x_shape kernel_shape strides padding dilation")
+# input_dilation > 1: a transposed convolution.
+Layer = collections.namedtuple("Layer", "x_shape kernel_shape strides padding dilation input_dilation")
 
 
 def model_convs(name: str) -> collections.Counter:
     """Counter of the distinct convolutions (Layer) in the model's forward pass."""
-    registry_name, options, batch, size = MODELS_TO_TIME[name]
+    registry_name, options, input_shape = MODELS_TO_TIME[name]
     model = MODELS.build(registry_name, options, rngs=nnx.Rngs(0))
-    jaxpr = jax.make_jaxpr(lambda x: model(x, train=False))(jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32))
+    jaxpr = jax.make_jaxpr(lambda x: model(x, train=False))(jax.ShapeDtypeStruct(input_shape, jnp.float32))
     layers = collections.Counter()
 
     def visit(jaxpr):
@@ -58,7 +60,7 @@ def model_convs(name: str) -> collections.Counter:
             if eqn.primitive.name == "conv_general_dilated":
                 p = eqn.params
                 layers[Layer(eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, p["window_strides"],
-                             tuple(map(tuple, p["padding"])), p["rhs_dilation"])] += 1
+                             tuple(map(tuple, p["padding"])), p["rhs_dilation"], p["lhs_dilation"])] += 1
             for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 visit(sub)
 
@@ -72,8 +74,8 @@ def compile_layer(layer: Layer, impl: str, chunk_bytes: int, x, kernel, dy) -> d
     default_chunk, conv._CHUNK_BYTES = conv._CHUNK_BYTES, chunk_bytes  # read while tracing, in lower()
 
     def forward(x, kernel):
-        return conv.conv_general_dilated(x, kernel, layer.strides, layer.padding, rhs_dilation=layer.dilation,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return conv.conv_general_dilated(x, kernel, layer.strides, layer.padding, layer.input_dilation,
+                                         layer.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     def forward_backward(x, kernel, dy):
         y, vjp = jax.vjp(forward, x, kernel)
@@ -97,7 +99,7 @@ def time_layer(layer: Layer, variants: dict[str, tuple[str, int]], reps: int, cl
     x = jax.random.normal(keys[0], layer.x_shape)
     kernel = 0.1 * jax.random.normal(keys[1], layer.kernel_shape)
     y_shape = jax.eval_shape(lambda x, k: jax.lax.conv_general_dilated(
-        x, k, layer.strides, layer.padding, rhs_dilation=layer.dilation,
+        x, k, layer.strides, layer.padding, layer.input_dilation, layer.dilation,
         dimension_numbers=("NHWC", "HWIO", "NHWC")), x, kernel).shape
     dy = jax.random.normal(keys[2], y_shape)
     runs = {(variant, part): run for variant, (impl, chunk) in variants.items()
@@ -119,7 +121,8 @@ def describe(layer: Layer) -> str:
     kh, kw, _, cout = layer.kernel_shape
     pad = "x".join(f"{lo}{hi}" if lo != hi else str(lo) for lo, hi in layer.padding)
     dil = "" if layer.dilation == (1, 1) else f" d{layer.dilation[0]}"
-    return f"{n}x{h}x{w}x{cin}->{cout} {kh}x{kw}/{layer.strides[0]} p{pad}{dil}"
+    stride = f"/{layer.strides[0]}" if layer.input_dilation == (1, 1) else f" T{layer.input_dilation[0]}"
+    return f"{n}x{h}x{w}x{cin}->{cout} {kh}x{kw}{stride} p{pad}{dil}"
 
 
 def main():
