@@ -215,7 +215,6 @@ def data_wait(config, warmup_steps: int, steps: int) -> dict:
                 step_times.append(time.perf_counter() - got)
             print(f"  step {i + 1}{' (warm-up)' if i < warmup_steps else ''}: data {(got - start) * 1e3:.1f} ms, "
                   f"step {time.perf_counter() - got:.2f} s, loss {float(metrics['loss']):.3f}", flush=True)
-        run.checkpointer.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     wait, step = float(np.mean(waits)), float(np.mean(step_times))

@@ -94,7 +94,6 @@ def time_jax(model: str, batch: int, overrides: list[str]) -> dict:
             state, metrics = jax.block_until_ready(step(state, batch_arrays))  # state is donated: reuse the new one
             if i >= WARMUP:
                 times.append(time.perf_counter() - t)
-        run.checkpointer.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     median = sorted(times)[len(times) // 2]

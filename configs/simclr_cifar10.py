@@ -12,74 +12,39 @@ the zip (no extraction step):
 Only the training split is given, so 45,000 images (a seeded permutation of the sorted listing)
 train and the other 5,000 are held out for the kNN and linear-probe scores.
 """
-import os
-
+import common
 from vision_jax.config import default_config, parse_arg
-
-SHARED_ZIP = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10",
-                          "cifar10_train_jpeg.zip")
-
-TRAIN_EXAMPLES = 45_000
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, on_device=False, data_root=os.path.normpath(SHARED_ZIP), runlocal=False, cpu_budget=False, epochs=800, seed=0)
+    arg = parse_arg(arg, on_device=False, data_root=common.SHARED_CIFAR_ZIP, runlocal=False, cpu_budget=False,
+                    epochs=800, seed=0)
     c = default_config()
     c.seed = arg.seed
     c.batch_size = 512
-    c.total_steps = arg.epochs * TRAIN_EXAMPLES // c.batch_size
+    c.total_steps = arg.epochs * common.CIFAR_TRAIN_EXAMPLES // c.batch_size
     c.log_every = 100
     c.eval_every = 5000
 
     # Chen et al. 2020, appendix B.9 (CIFAR-10): ResNet-18 with the CIFAR stem, LARS,
     # temperature 0.5, 2-layer projection to 128-d, crops from 8% of the image, jitter 0.5, no blur.
-    c.model.name = "resnet"
-    c.model.depth = 18
-    c.model.stem = "cifar"
-    c.method.name = "simclr"
-    c.method.temperature = 0.5
-    c.method.projection_hidden_dim = 2048
-    c.method.projection_dim = 128
+    common.cifar_resnet18(c)
+    common.cifar10(c, arg.data_root, dict(name="simclr", crop_scale=(0.08, 1.0), jitter_strength=0.5))
+    c.method = dict(name="simclr", temperature=0.5, projection_hidden_dim=2048, projection_dim=128)
     c.optimizer.name = "lars"
     c.optimizer.lr = 0.3 * c.batch_size / 256
     c.optimizer.weight_decay = 1e-6
-    c.optimizer.warmup_steps = 10 * TRAIN_EXAMPLES // c.batch_size
-
-    c.data.source.name = "image_folder"
-    c.data.source.root = arg.data_root
-    c.data.train_split = f"train[:{TRAIN_EXAMPLES}]"
-    c.data.eval_train_split = f"train[:{TRAIN_EXAMPLES}]"
-    c.data.eval_test_split = f"train[{TRAIN_EXAMPLES}:]"
-    c.data.image_size = 32
-    c.data.augment.name = "simclr"
-    c.data.augment.crop_scale = (0.08, 1.0)
-    c.data.augment.jitter_strength = 0.5
+    c.optimizer.warmup_steps = 10 * common.CIFAR_TRAIN_EXAMPLES // c.batch_size
 
     if arg.on_device:  # the same views, made by jitted JAX ops on the accelerators (data/device_augment.py)
         c.data.device_augment = dict(c.data.augment, name="simclr")
         c.data.augment = dict(name="none")
-
-    c.evaluators.knn = dict(k=200, temperature=0.1)
-    c.evaluators.linear_probe = dict(epochs=30, batch_size=256, lr=0.01, weight_decay=1e-4)
     c.checkpoint.every_steps = 1000
 
     if arg.cpu_budget:  # small CNN, fixed steps: ~17 min training + ~2.5 min evaluation on 2 CPU cores
-        c.model = dict(name="cnn", widths=(16, 32, 64, 128))
-        c.batch_size = 256
-        c.total_steps = 900
-        c.eval_every = 0
-        c.log_every = 50
-        c.checkpoint.every_steps = 250
+        common.cpu_budget(c, steps=900)
         c.method.projection_hidden_dim = 512
         c.method.temperature = 0.2
-        c.optimizer.name = "adamw"
-        c.optimizer.lr = 2e-3
-        c.optimizer.weight_decay = 1e-4
-        c.optimizer.warmup_steps = 50
     if arg.runlocal:
-        c.total_steps, c.batch_size, c.log_every, c.eval_every = 4, 16, 2, 0
-        c.checkpoint.every_steps = 2
-        c.data.eval_train_split = "train[:1000]"  # ResNet-18 features of 50,000 images take long on CPU
-        c.data.eval_test_split = f"train[{TRAIN_EXAMPLES}:{TRAIN_EXAMPLES + 500}]"
-        c.evaluators.linear_probe.epochs = 2
+        common.runlocal(c)
     return c

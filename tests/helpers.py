@@ -5,8 +5,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,10 +21,26 @@ TINY_SIMCLR = [
 ]
 
 
+# One persistent compilation cache for a test session, its own process (conftest.py) and the training
+# subprocesses: a run that is interrupted, resumed or repeated compiles its step once. The programs
+# (and results) are the same with or without it.
+_COMPILATION_CACHE = tempfile.TemporaryDirectory(prefix="vision_jax_test_jit_cache_")
+COMPILATION_CACHE_DIR = _COMPILATION_CACHE.name
+CACHE_MIN_COMPILE_SECONDS = "0.5"  # train steps and state inits, not the many tiny eager ops
+
+
+def subprocess_env(devices: int = 1) -> dict[str, str]:
+    """The environment of a training subprocess: this checkout, `devices` fake CPU devices."""
+    return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE_DIR,
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=CACHE_MIN_COMPILE_SECONDS,
+                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
 def run_cli(module: str, config: str, workdir, *overrides: str, devices: int = 1, timeout: int = 600,
             check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = subprocess_env(devices)
     command = [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}", *overrides]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
@@ -44,8 +62,14 @@ def checkpoint_steps(workdir) -> list[int]:
 
 
 def saved_state(workdir, step: int) -> dict:
-    """The train state saved at `step` in a workdir, as host arrays."""
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "signature"))
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    """The train state saved at `step` in a workdir (by any number of devices or processes), as
+    arrays on this process's first device."""
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                    item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                   "signature": ocp.JsonCheckpointHandler()})
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                          manager.item_metadata(step)["state"].tree)
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     manager.close()
     return state

@@ -162,9 +162,11 @@ def test_free_form_sections_accept_any_keys():
     config.data.device_augment.strength = 0.3
     config.data.eval_augment.size = 224
     config.evaluators.made_up = dict(a=1)
-    validate(config)  # the registry checks these keys when the named factory is built
+    config.optimizer.groups.head = dict(pattern="^head/")
+    validate(config)  # the registry (or optim.groups_from_config) checks these keys when they are built
     assert set(config_lib.FREE_FORM_SECTIONS) == {"model", "method", "data.source", "data.augment",
-                                                  "data.device_augment", "data.eval_augment", "evaluators"}
+                                                  "data.device_augment", "data.eval_augment", "evaluators",
+                                                  "optimizer.groups"}
 
 
 def test_a_recipe_with_a_misspelt_key_fails_to_load(tmp_path):
@@ -199,19 +201,23 @@ def test_model_builds_with_config_options():
     assert model.num_features == 8
 
 
-def _encoder(rngs):
-    return MODELS.build("cnn", {"widths": (4,)}, rngs=rngs)
+def _setup():
+    from vision_jax.methods.base import MethodSetup
+    from vision_jax.schedules import RunLength
+
+    return MethodSetup(lambda rngs: MODELS.build("cnn", {"widths": (4,)}, rngs=rngs), num_classes=10,
+                       length=RunLength(total_steps=10, steps_per_epoch=5))
 
 
 def test_method_registry_errors():
-    with pytest.raises(ValueError, match=r"Unknown method 'simclrr'\. Did you mean 'simclr'.*Known methods: simclr, supervised"):
-        METHODS.build("simclrr", {}, make_encoder=_encoder, num_classes=10)
+    with pytest.raises(ValueError, match=r"Unknown method 'simclrr'\. Did you mean 'simclr'.*Known methods: .*simclr, supervised"):
+        METHODS.build("simclrr", {}, setup=_setup())
     with pytest.raises(ValueError, match=r"method 'simclr' has no option 'temprature'\. Did you mean 'temperature'"):
-        METHODS.build("simclr", {"temprature": 0.1}, make_encoder=_encoder, num_classes=10)
+        METHODS.build("simclr", {"temprature": 0.1}, setup=_setup())
     # Framework-passed arguments are not options a config may set.
-    with pytest.raises(ValueError, match=r"no option 'num_classes'"):
-        METHODS.build("simclr", {"num_classes": 3}, make_encoder=_encoder, num_classes=10)
-    method = METHODS.build("simclr", {"temperature": 0.1}, make_encoder=_encoder, num_classes=10)
+    with pytest.raises(ValueError, match=r"no option 'setup'"):
+        METHODS.build("simclr", {"setup": 3}, setup=_setup())
+    method = METHODS.build("simclr", {"temperature": 0.1}, setup=_setup())
     assert method.temperature == 0.1
 
 
@@ -259,3 +265,69 @@ def test_cli_rejects_a_misspelt_override(tmp_path):
     assert "Did you mean 'lr'" in result.stderr
     assert "Traceback" not in result.stderr  # an input mistake is a message, not a stack trace
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())  # nothing was started
+
+
+# ----------------------------------------------------------------------------------------------
+# Values checked at load, recipe files with mistakes, options the recipe did not set, saved configs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("log_every=-1", r"config\.log_every=-1 must be >= 0 \(0: log only the last step\)\."),
+    ("checkpoint.every_steps=-5", r"config\.checkpoint\.every_steps=-5 must be >= 0 \(0: save only at the end"),
+    ("batch_size=0", r"config\.batch_size=0 must be at least 1\."),
+    ("total_steps=-5", r"config\.total_steps=-5 must be at least 1\."),
+    ("checkpoint.keep=0", r"config\.checkpoint\.keep=0 must be at least 1\."),
+    ("data.eval_batch_size=0", r"config\.data\.eval_batch_size=0 must be at least 1\."),
+    ("mesh.data=0", r"config\.mesh\.data=0 must be at least 1, or -1"),
+    ("optimizer.lr=-0.1", r"config\.optimizer\.lr=-0\.1 must be >= 0"),
+])
+def test_values_are_checked_at_load(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(RECIPE, [override])
+
+
+def test_zero_turns_intervals_off():
+    config = load_config(RECIPE, ["log_every=0", "eval_every=0", "checkpoint.every_steps=0"])
+    assert (config.log_every, config.eval_every, config.checkpoint.every_steps) == (0, 0, 0)
+
+
+def test_a_recipe_with_a_syntax_error_names_file_line_and_error(tmp_path):
+    recipe = tmp_path / "broken.py"
+    recipe.write_text("from vision_jax.config import default_config\n\ndef get_config(arg=None):\n"
+                      "    c = default_config(\n    return c\n")
+    with pytest.raises(ValueError, match=rf"^Config file {recipe}, line 4: '\(' was never closed: c = default_config\($"):
+        load_config(str(recipe))
+
+
+def test_a_recipe_that_raises_names_its_line(tmp_path):
+    recipe = tmp_path / "typo.py"
+    recipe.write_text("from vision_jax.config import default_config\n\ndef get_config(arg=None):\n"
+                      "    c = default_config()\n    c.total_steps = totl\n    return c\n")
+    with pytest.raises(ValueError, match=rf"^Config file {recipe}, line 5: NameError: name 'totl' is not defined$"):
+        load_config(str(recipe))
+
+
+def test_options_the_recipe_did_not_set_are_added_and_checked_against_the_factory(capsys):
+    config = load_config(RECIPE, ["model.name=resnet", "model.depth=18", "evaluators.knn.chunk=256"])
+    assert config.model.to_dict() == {"name": "resnet", "depth": 18}  # the cnn's widths: dropped, with a note
+    assert "note: model.name='resnet': dropped the recipe's model option(s) widths" in capsys.readouterr().err
+    assert config.evaluators.knn.chunk == 256
+    with pytest.raises(ValueError, match=r"--config\.model\.depht: model 'resnet' has no option 'depht'\. "
+                                         r"Did you mean 'depth'"):
+        load_config(RECIPE, ["model.name=resnet", "model.depht=18"])
+    # An option set on the command line is never dropped silently, even after a name change.
+    with pytest.raises(ValueError, match=r"model 'resnet' has no option 'widths'"):
+        load_config(RECIPE, ["model.name=resnet", "model.widths=(8,16)"])
+    with pytest.raises(ValueError, match=r"Unknown model 'resnett'\. Did you mean 'resnet'"):
+        load_config(RECIPE, ["model.name=resnett"])
+
+
+def test_a_saved_config_json_loads_as_the_config_that_was_saved(tmp_path):
+    config = load_config(RECIPE + ":runlocal", ["model.widths=(8,16)", "optimizer.lr=0.5", "preemption_signal="])
+    (tmp_path / "config.json").write_text(config_lib.to_json(config))
+    loaded = load_config(str(tmp_path / "config.json"))
+    assert loaded.to_dict() == config.to_dict() and loaded.model.widths == (8, 16)
+    assert load_config(str(tmp_path / "config.json"), ["total_steps=7"]).total_steps == 7
+    with pytest.raises(ValueError, match=r"takes no recipe arguments; drop ':runlocal'"):
+        load_config(f"{tmp_path / 'config.json'}:runlocal")

@@ -47,7 +47,7 @@ LUMA = np.array([0.2989, 0.5870, 0.1140])
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
     """256 real images, uint8 [256, 32, 32, 3]: CIFAR-10 JPEGs spread over the classes when
-    ../shared is present, else sklearn digits upsampled to 32 px and tinted so channels differ."""
+    ../shared is present, else sklearn digits upsampled to 32 px (nearest) and tinted so channels differ."""
     if CIFAR_ZIP.is_file():
         with zipfile.ZipFile(CIFAR_ZIP) as archive:
             names = sorted(n for n in archive.namelist() if n.endswith(".jpg"))
@@ -56,7 +56,9 @@ def images() -> np.ndarray:
     from sklearn.datasets import load_digits
 
     digits = load_digits().images[:NUM_IMAGES] / 16.0  # [256, 8, 8] in [0, 1]
-    ink = tf.image.resize(digits[..., None], (SIDE, SIDE), method="bilinear", antialias=True).numpy()
+    # Nearest-neighbour upsampling keeps sharp strokes: the blur tests need high-frequency detail
+    # to remove, which bilinear upsampling had already smoothed away (they failed without ../shared).
+    ink = tf.image.resize(digits[..., None], (SIDE, SIDE), method="nearest").numpy()
     rng = np.random.default_rng(0)
     paper, pen = rng.uniform(0, 1, (2, NUM_IMAGES, 1, 1, 3))
     return np.round(255 * (paper + (pen - paper) * np.clip(ink, 0, 1))).astype(np.uint8)
@@ -453,3 +455,17 @@ def test_bad_options_and_batches_are_clear_errors():
         DEVICE_AUGMENTATIONS.build("crop_flip", {})({"views": jnp.zeros((2, 8, 8, 3))}, jax.random.key(0))
     with pytest.raises(DataError, match=r"images \[batch, height, width, 3\]; got shape \(8, 8, 3\)"):
         da.flip_lr(jnp.zeros((8, 8, 3)), jax.random.key(0))
+
+
+def test_host_and_device_recipes_of_one_name_take_the_same_options():
+    # A recipe moved between host and device (the recipes' `on_device` argument) keeps its options.
+    import inspect
+
+    from vision_jax.data.views import AUGMENTATIONS
+
+    shared = set(AUGMENTATIONS.names()) & set(DEVICE_AUGMENTATIONS.names())
+    assert {"simclr", "byol", "crop_flip"} <= shared
+    for name in shared:
+        host = inspect.signature(AUGMENTATIONS.get(name)).parameters
+        device = inspect.signature(DEVICE_AUGMENTATIONS.get(name)).parameters
+        assert {k: p.default for k, p in host.items()} == {k: p.default for k, p in device.items()}, name

@@ -1,8 +1,16 @@
-"""Method losses against independent references."""
+"""Method losses against independent references: loop-written formulas of the papers and references."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from vision_jax import config as config_lib
+from vision_jax import parallel, trainer
+from vision_jax.data import pipeline
+from vision_jax.methods.base import StepInfo, classification_loss, embedding_spread
+from vision_jax.methods.byol import regression_loss
+from vision_jax.methods.dino import dino_loss
+from vision_jax.methods.mocov3 import contrastive_loss
 from vision_jax.methods.simclr import nt_xent
 
 
@@ -33,3 +41,149 @@ def test_nt_xent_rewards_aligned_pairs():
     random_loss, _ = nt_xent(z1, jax.random.normal(jax.random.key(1), (8, 16)), 0.1)
     assert float(aligned_accuracy) == 1.0
     assert float(aligned_loss) < float(random_loss)
+
+
+def _normalized(x):
+    return x / np.linalg.norm(x)
+
+
+def test_byol_loss_matches_the_papers_formula_written_out():
+    rng = np.random.default_rng(1)
+    p1, p2, z1, z2 = (rng.normal(size=(5, 7)) for _ in range(4))
+    # Grill et al. 2020, eq. 2 and the symmetrized loss: ||p/|p| - z/|z|||^2 summed over both directions.
+    expected = np.mean([np.sum((_normalized(p1[i]) - _normalized(z2[i])) ** 2)
+                        + np.sum((_normalized(p2[i]) - _normalized(z1[i])) ** 2) for i in range(5)])
+    actual = jnp.mean(regression_loss(jnp.asarray(p1), jnp.asarray(z2)) + regression_loss(jnp.asarray(p2), jnp.asarray(z1)))
+    np.testing.assert_allclose(float(actual), expected, rtol=1e-5)
+
+
+def test_byol_loss_sends_no_gradient_into_the_target():
+    p, z = jax.random.normal(jax.random.key(0), (2, 4, 8))
+    grad_z = jax.grad(lambda z: regression_loss(p, z).sum())(z)
+    assert float(jnp.abs(grad_z).max()) == 0.0
+
+
+def reference_moco_loss(q, k, temperature):
+    """moco-v3 builder.contrastive_loss, example by example: CE(q_i . k_j / T, target i) * 2T."""
+    q = np.array([_normalized(x) for x in q])
+    k = np.array([_normalized(x) for x in k])
+    total = 0.0
+    for i in range(len(q)):
+        logits = np.array([q[i] @ k[j] / temperature for j in range(len(k))])
+        total += -logits[i] + np.log(np.exp(logits).sum())
+    return total / len(q) * 2 * temperature
+
+
+def test_mocov3_loss_matches_reference():
+    rng = np.random.default_rng(2)
+    q1, q2, k1, k2 = (rng.normal(size=(6, 5)) for _ in range(4))
+    actual = contrastive_loss(jnp.asarray(q1), jnp.asarray(k2), 0.2) + contrastive_loss(jnp.asarray(q2), jnp.asarray(k1), 0.2)
+    expected = reference_moco_loss(q1, k2, 0.2) + reference_moco_loss(q2, k1, 0.2)
+    np.testing.assert_allclose(float(actual), expected, rtol=1e-5)
+
+
+def reference_dino_loss(student, teacher, center, student_temp, teacher_temp):
+    """main_dino.py DINOLoss.forward, element by element (views x examples x prototypes)."""
+    def softmax(x):
+        e = np.exp(x - x.max())
+        return e / e.sum()
+
+    total, terms = 0.0, 0
+    for iq, t_view in enumerate(teacher):
+        for v, s_view in enumerate(student):
+            if v == iq:
+                continue
+            per_example = []
+            for t, s in zip(t_view, s_view):
+                q = softmax((t - center) / teacher_temp)
+                log_p = np.log(softmax(s / student_temp))
+                per_example.append(-sum(q[c] * log_p[c] for c in range(len(q))))
+            total += np.mean(per_example)
+            terms += 1
+    return total / terms
+
+
+def test_dino_loss_matches_reference_with_local_views():
+    rng = np.random.default_rng(3)
+    student = [rng.normal(size=(4, 6)) for _ in range(5)]  # 2 global + 3 local views
+    teacher = [rng.normal(size=(4, 6)) for _ in range(2)]
+    center = rng.normal(size=6) * 0.1
+    actual = dino_loss([jnp.asarray(s) for s in student], [jnp.asarray(t) for t in teacher], jnp.asarray(center),
+                       0.1, jnp.asarray(0.04))
+    np.testing.assert_allclose(float(actual), reference_dino_loss(student, teacher, center, 0.1, 0.04), rtol=1e-4)
+
+
+def test_soft_label_cross_entropy_matches_formula():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(3, 4))
+    soft = rng.dirichlet(np.ones(4), size=3)
+    expected = np.mean([-np.sum(soft[i] * (logits[i] - np.log(np.exp(logits[i]).sum()))) for i in range(3)])
+    loss, _ = classification_loss(jnp.asarray(logits), jnp.asarray(soft))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    # Integer labels are the one-hot case; smoothing moves eps/C of the mass to every class.
+    labels = np.array([0, 3, 1])
+    smoothed = np.full((3, 4), 0.1 / 4) + 0.9 * np.eye(4)[labels]
+    expected = np.mean([-np.sum(smoothed[i] * (logits[i] - np.log(np.exp(logits[i]).sum()))) for i in range(3)])
+    loss, _ = classification_loss(jnp.asarray(logits), jnp.asarray(labels), smoothing=0.1)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_embedding_spread_is_one_for_spread_embeddings_and_zero_at_collapse():
+    spread = embedding_spread(jax.random.normal(jax.random.key(0), (4096, 64)))
+    assert 0.95 < float(spread["embedding_std_ratio"]) < 1.05  # std of a unit vector's coordinate: 1/sqrt(d)
+    np.testing.assert_allclose(float(spread["embedding_std"]), float(spread["embedding_std_ratio"]) / 8, rtol=1e-6)
+    collapsed = jnp.ones((256, 64)) + 1e-4 * jax.random.normal(jax.random.key(1), (256, 64))
+    assert float(embedding_spread(collapsed)["embedding_std_ratio"]) < 0.01
+
+
+def _digits_run(tmp_path, recipe, *overrides, **method_options):
+    config = config_lib.load_config(recipe, ["data.image_size=16", "model.widths=(8,16,32,32)", *overrides])
+    config.method.update(method_options)
+    return trainer.Run(config, str(tmp_path))
+
+
+def _first_batch(run):
+    batch = next(pipeline.train_batches(run.train_source, run.augment, global_batch=run.config.batch_size,
+                                        seed=0, start_step=0))
+    return parallel.to_global_batch(batch, parallel.batch_sharding(run.mesh))
+
+
+def _model(run, state):
+    return nnx.merge(run.graphdef, {**state["params"], **state["ema"]}, state["model_state"])
+
+
+def test_simclr_method_loss_is_nt_xent_of_its_projections_at_the_configured_temperature(tmp_path):
+    run = _digits_run(tmp_path, "configs/simclr_digits.py:runlocal", "method.temperature=0.3")
+    state, batch = run.init_state(), _first_batch(run)
+    out = run.method.loss(_model(run, state), batch, StepInfo(jnp.int32(0), jax.random.key(0)))
+    # The same projections, computed apart (train-mode BN over both views at once, as the method).
+    model = _model(run, state)
+    views = batch["views"]
+    z = model.projection(model.encoder(jnp.concatenate([views[:, 0], views[:, 1]]), train=True), train=True)
+    n = views.shape[0]
+    expected = reference_nt_xent(np.asarray(z[:n]), np.asarray(z[n:]), 0.3)
+    np.testing.assert_allclose(float(out.loss), expected, rtol=1e-4)
+
+
+def test_supervised_method_loss_applies_its_label_smoothing(tmp_path):
+    run = _digits_run(tmp_path, "configs/supervised_digits.py:runlocal", label_smoothing=0.2)
+    state, batch = run.init_state(), _first_batch(run)
+    out = run.method.loss(_model(run, state), batch, StepInfo(jnp.int32(0), jax.random.key(0)))
+    logits = np.asarray(_model(run, state)(batch["image"], train=True), np.float64)
+    labels = np.asarray(batch["label"])
+    targets = np.full(logits.shape, 0.2 / 10) + 0.8 * np.eye(10)[labels]
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    np.testing.assert_allclose(float(out.loss), np.mean(-(targets * log_softmax).sum(-1)), rtol=1e-5)
+
+
+def test_on_device_views_change_with_the_step(tmp_path):
+    # The step's rng folds in the step: the same state and host batch at steps 0 and 1 must see
+    # different on-device views, so different losses (before any update).
+    run = _digits_run(tmp_path, "configs/simclr_digits.py:runlocal,on_device")
+    state, batch = run.init_state(), _first_batch(run)
+    step_fn = jax.jit(run.train_step)
+    _, at_zero = step_fn(state, batch)
+    _, at_one = step_fn({**state, "step": state["step"] + 1}, batch)
+    assert float(at_zero["loss"]) != float(at_one["loss"])
+    _, again = step_fn(state, batch)
+    assert float(again["loss"]) == float(at_zero["loss"])  # and a pure function of (seed, step)

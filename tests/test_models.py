@@ -14,7 +14,7 @@ from flax import nnx
 from vision_jax.errors import ConfigError
 from vision_jax.models import MODELS, DINOHead, LinearClassifier, MLPHead, ProjectionHead, axes
 from vision_jax.models.flops import model_flops
-from vision_jax.models.layers import conv_init
+from vision_jax.models.layers import BatchNorm, conv_init
 from vision_jax.models.resnet import BasicBlock, BottleneckBlock
 
 F32 = dict(dtype=jnp.float32, param_dtype=jnp.float32)
@@ -223,6 +223,23 @@ def test_train_mode_updates_batch_norm_statistics_and_eval_mode_does_not():
     after = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
     jax.tree.map(np.testing.assert_array_equal, before, unchanged)
     assert not np.allclose(before["norms"][0]["mean"], after["norms"][0]["mean"])
+
+
+def test_batch_norm_follows_pytorch_momentum_and_epsilon():
+    # PyTorch's BatchNorm defaults, written out: momentum 0.1 (running = 0.9 running + 0.1 batch)
+    # and eps 1e-5. Channel 1 varies by 1e-3 so that eps shows: 1e-3 / sqrt(1e-6 + 1e-5) = 0.3015.
+    # (Flax keeps the biased batch variance in the running one; PyTorch the unbiased, n/(n-1)
+    # larger: negligible over the batch x height x width positions a conv BN averages.)
+    x = np.array([[1.0, 0.0], [3.0, 0.0], [5.0, 0.002], [7.0, 0.002]], np.float32)
+    mean, var = x.mean(0), x.var(0)  # [4, 0.001], [5, 1e-6]
+    norm = BatchNorm(2, rngs=nnx.Rngs(0))
+    train_out = nnx.jit(lambda n, x: n(x, use_running_average=False))(norm, jnp.asarray(x))
+    np.testing.assert_allclose(train_out, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4)
+    np.testing.assert_allclose(train_out[:, 1], [-0.3015, -0.3015, 0.3015, 0.3015], rtol=1e-3)
+    np.testing.assert_allclose(norm.mean[...], 0.1 * mean, rtol=1e-6)
+    np.testing.assert_allclose(norm.var[...], 0.9 * 1.0 + 0.1 * var, rtol=1e-6)
+    eval_out = nnx.jit(lambda n, x: n(x, use_running_average=True))(norm, jnp.asarray(x))
+    np.testing.assert_allclose(eval_out, (x - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var + 1e-5), rtol=1e-5)
 
 
 def test_bfloat16_compute_keeps_params_statistics_and_outputs_in_float32():

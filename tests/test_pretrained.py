@@ -8,6 +8,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from vision_jax import config as config_lib
+from vision_jax import parallel
+from vision_jax.data import pipeline
 from vision_jax.errors import MissingDataError
 from vision_jax.trainer import Run
 
@@ -78,3 +80,21 @@ def test_missing_pretrained_file_is_a_clear_error(tmp_path):
     run = Run(resnet18_config(tmp_path, str(tmp_path / "nope.safetensors")), str(tmp_path))
     with pytest.raises(MissingDataError, match=r"No pretrained weights at .*nope\.safetensors.*config\.pretrained"):
         run.init_state()
+
+
+def test_followers_start_from_the_pretrained_encoder_and_train(tmp_path):
+    # BYOL's EMA target must begin as the loaded encoder (not the random one), in buffers of its own
+    # (the step donates the state: a shared buffer would be donated twice).
+    path = tmp_path / "model.safetensors"
+    save_file(resnet18_timm_state_dict(), str(path))
+    c = config_lib.load_config("configs/ssl_digits.py:method=byol,runlocal",
+                               ["method.projection_hidden_dim=16", "method.prediction_hidden_dim=16", "batch_size=8"])
+    c.model = dict(name="resnet", depth=18, stem="imagenet")
+    c.pretrained = str(path)
+    run = Run(c, str(tmp_path))
+    state = run.init_state()
+    np.testing.assert_array_equal(np.asarray(state["ema"]["target_encoder"]["stem_conv"]["kernel"]),
+                                  np.asarray(state["params"]["encoder"]["stem_conv"]["kernel"]))
+    batch = next(pipeline.train_batches(run.train_source, run.augment, global_batch=8, seed=0, start_step=0))
+    state, metrics = run.compile_step()(state, parallel.to_global_batch(batch, parallel.batch_sharding(run.mesh)))
+    assert bool(metrics["finite"])

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shlex
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
@@ -10,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 import jax  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from vision_jax.errors import UserError  # noqa: E402
+from vision_jax.errors import PREEMPTED_EXIT_CODE, Preempted, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Recipe: path/to/recipe.py[:key=value,...].", required=True)
@@ -18,6 +20,8 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and result
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool("distributed", False, "Join a multi-process run whose coordinator address, process count and "
+                  "id come from the cluster environment (SLURM, Cloud TPU, ...; jax.distributed.initialize).")
 
 OVERRIDE_PREFIX = "--config."
 
@@ -36,8 +40,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def initialize_processes() -> None:
-    """Joins a multi-process run when asked to (or when a cluster environment says so)."""
-    if FLAGS.coordinator_address or FLAGS.num_processes:
+    """Joins a multi-process run when asked to: by the flags, or with --distributed from the
+    cluster environment (jax.distributed.initialize reads SLURM's and Cloud TPU's)."""
+    if FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.distributed:
         # Cross-process collectives for CPU devices (no effect on GPU/TPU). Must be set before
         # any backend starts, so do not query jax.devices() above this line.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -46,8 +51,28 @@ def initialize_processes() -> None:
 
 @contextlib.contextmanager
 def user_errors_as_messages():
-    """Mistakes in input (UserError) end the program with their message alone, no traceback."""
+    """Mistakes in input (UserError) and a full disk end the program with their message alone, no
+    traceback; a run stopped by a signal exits with PREEMPTED_EXIT_CODE and the command that resumes it."""
     try:
         yield
     except UserError as error:
         sys.exit(f"error: {error}")
+    except Preempted as stop:
+        print(f"{stop} Resume with:\n  {resume_command()}", file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        sys.exit(f"error: writing {error.filename or 'the workdir'} failed: {error.strerror}. Free some space, "
+                 f"then rerun the same command to resume from the last checkpoint.")
+
+
+def resume_command() -> str:
+    """This process's own command line, to type again (from the same directory) to resume."""
+    return f"cd {shlex.quote(os.getcwd())} && {shlex.join([sys.executable, '-m', _module(), *sys.argv[1:]])}"
+
+
+def _module() -> str:
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else "vision_jax.train"

@@ -6,14 +6,22 @@ command line as `path/to/recipe.py:key=value,key2` (the part after ':' reaches g
 `--config.optimizer.lr=0.1`. Every key the trainer reads lives in `default_config()`; a recipe
 starts from it, so a misspelt key is an error naming the closest valid keys, never a silently
 ignored setting. Sections whose options depend on a chosen name (model, method, data.source,
-data.augment, evaluators) are checked against the named factory's signature by the registry.
+data.augment, evaluators) take any option of the named factory: one the recipe did not set can be
+added on the command line (`--config.model.depth=18`), and is checked against the factory's
+signature; after `--config.model.name=...`, recipe options the new factory does not take are
+dropped with a note. Values are checked at load (`validate`), before any compute is spent.
+A run's saved `config.json` loads like a recipe: `--config=WORKDIR/config.json`.
 """
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import json
 import os
+import signal
+import sys
+import traceback
 from typing import Any, Sequence
 
 import ml_collections
@@ -25,7 +33,17 @@ ConfigDict = ml_collections.ConfigDict
 
 # Sections whose keys are the keyword arguments of a named factory (checked by the registry).
 FREE_FORM_SECTIONS = ("model", "method", "data.source", "data.augment", "data.device_augment",
-                      "data.eval_augment", "evaluators")
+                      "data.eval_augment", "evaluators", "optimizer.groups")
+# Where the factories each free-form section names are registered (imported on first use: the
+# registries pull in flax and TensorFlow). `evaluators.<name>` sections use EVALUATORS; an option
+# the recipe did not set can be added in these sections (and evaluators.<name>) only.
+_SECTION_REGISTRIES = {
+    "model": ("vision_jax.models", "MODELS"), "method": ("vision_jax.methods", "METHODS"),
+    "data.source": ("vision_jax.data.sources", "SOURCES"), "data.augment": ("vision_jax.data.views", "AUGMENTATIONS"),
+    "data.eval_augment": ("vision_jax.data.views", "AUGMENTATIONS"),
+    "data.device_augment": ("vision_jax.data.device_augment", "DEVICE_AUGMENTATIONS"),
+    "evaluators": ("vision_jax.evaluators", "EVALUATORS"),
+}
 
 
 def default_config() -> ConfigDict:
@@ -34,6 +52,8 @@ def default_config() -> ConfigDict:
     c.seed = 0
     c.total_steps = 1000
     c.batch_size = 256  # global batch, split over all devices of all processes
+    # Microbatches per step, their gradients summed before one update (methods/gradient_step.py).
+    c.grad_accum_steps = 1
     c.log_every = 50
     c.eval_every = 0  # 0: run the evaluators only at the end of training
 
@@ -47,9 +67,22 @@ def default_config() -> ConfigDict:
     c.optimizer.lr = 1e-3  # peak learning rate, reached after warmup
     c.optimizer.weight_decay = 0.0  # not applied to biases and normalization scales
     c.optimizer.momentum = 0.9  # sgd and lars
+    c.optimizer.trust_coefficient = 0.001  # lars: eta in eta * ||w|| / ||g + wd * w||
     c.optimizer.warmup_steps = 0
     c.optimizer.schedule = "cosine"  # cosine | constant (after warmup)
+    c.optimizer.end_lr = 0.0  # cosine schedule: the learning rate it decays to at the last step
+    # None: constant weight decay; a value: a cosine from weight_decay to it over the run (DINO).
+    c.optimizer.weight_decay_end = None
     c.optimizer.grad_clip_norm = 0.0  # 0: no clipping
+    # 'global': one norm over all gradients; 'per_parameter': each parameter's gradient on its own (DINO).
+    c.optimizer.grad_clip_mode = "global"
+    # Parameter groups (optim.py): name -> dict(pattern=regex over paths like 'encoder/convs/0/kernel',
+    # lr_scale=1.0, wd_scale=1.0, frozen=False, frozen_steps=0). The first matching group wins.
+    c.optimizer.groups = ConfigDict()
+
+    # A linear classifier on stop-gradient features, trained in the same step with its own learning
+    # rate and no weight decay; its held-out accuracy is a row of the results table ("online probe").
+    c.online_probe = ConfigDict({"enabled": False, "lr": 0.1})
 
     c.data = ConfigDict()
     c.data.source = ConfigDict({"name": "digits"})
@@ -75,6 +108,13 @@ def default_config() -> ConfigDict:
     c.checkpoint.every_steps = 500
     c.checkpoint.keep = 3
     c.checkpoint.use_async = True
+
+    # SIGTERM and SIGINT always stop a run cleanly (finish the step, save, exit with code 75, see
+    # vision_jax/preemption.py); this signal does too (SLURM: sbatch --signal=USR1@90). '' = none.
+    c.preemption_signal = "SIGUSR1"
+    # Resuming a checkpoint with a config that differs from the saved config.json (beyond
+    # total_steps, logging/eval/checkpoint intervals and layout) is refused unless this is True.
+    c.allow_config_change = False
 
     c.mesh = ConfigDict()
     c.mesh.data = -1  # -1: all devices not used by other axes
@@ -118,27 +158,91 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
-    """Loads `path.py[:arg]`, applies `key=value` overrides (dotted keys) and validates."""
+    """Loads `path.py[:arg]` (or a saved `config.json`), applies `key=value` overrides (dotted
+    keys) and validates."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise MissingDataError(f"Config file {path!r} does not exist (from --config={spec}).")
-    module_spec = importlib.util.spec_from_file_location("vision_jax_recipe", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"Config file {path!r} has no get_config(arg) function.")
-    config = module.get_config(arg or None)
+    if path.endswith(".json"):
+        if arg:
+            raise ConfigError(f"A saved config ({path}) takes no recipe arguments; drop ':{arg}'.")
+        config = _config_from_json(path)
+    else:
+        config = _config_from_recipe(path, arg or None)
+    set_on_command_line: dict[str, set[str]] = {}  # free-form section -> keys the overrides set
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep:
             raise ConfigError(f"Override {override!r} must look like field.name=value.")
-        apply_override(config, key, raw)
+        section = apply_override(config, key, raw)
+        if section:
+            set_on_command_line.setdefault(section, set()).add(key.rsplit(".", 1)[1])
+    for section, keys in set_on_command_line.items():
+        _fit_options_to_factory(config, section, keys)
     validate(config)
     return config
 
 
-def apply_override(config: ConfigDict, dotted_key: str, raw: str) -> None:
-    """Sets `config.<dotted_key>` from a command-line string, keeping the field's type."""
+def _config_from_recipe(path: str, arg: str | None) -> ConfigDict:
+    """Runs a recipe's get_config(arg); a mistake in the file is reported as file, line and error."""
+    recipe_dir = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, recipe_dir)  # recipes import their shared pieces (configs/common.py)
+    try:
+        module_spec = importlib.util.spec_from_file_location("vision_jax_recipe", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"Config file {path!r} has no get_config(arg) function.")
+        return module.get_config(arg)
+    except SyntaxError as error:
+        raise ConfigError(f"Config file {error.filename}, line {error.lineno}: {error.msg}: "
+                          f"{(error.text or '').strip()}") from None
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any other failure is a bug in the recipe file
+        in_recipe = [f for f in traceback.extract_tb(error.__traceback__)
+                     if os.path.abspath(f.filename) == os.path.abspath(path)]
+        where = f", line {in_recipe[-1].lineno}" if in_recipe else ""
+        raise ConfigError(f"Config file {path}{where}: {type(error).__name__}: {error}") from None
+    finally:
+        sys.path.remove(recipe_dir)
+
+
+def _config_from_json(path: str) -> ConfigDict:
+    """The config a run saved (config.json), on top of today's defaults."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"Config file {path}, line {error.lineno}: {error.msg}.") from None
+    config = default_config()
+    _fill_from_json(config, saved, prefix="")
+    return config
+
+
+def _fill_from_json(node: ConfigDict, saved: dict, prefix: str) -> None:
+    for key, value in saved.items():
+        if isinstance(value, dict) and key in node and isinstance(node[key], ConfigDict) \
+                and prefix + key not in FREE_FORM_SECTIONS:
+            _fill_from_json(node[key], value, prefix + key + ".")
+        else:  # JSON has no tuples; every sequence in a config is one
+            node[key] = _lists_to_tuples(value)
+
+
+def _lists_to_tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_lists_to_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _lists_to_tuples(v) for k, v in value.items()}
+    return value
+
+
+def apply_override(config: ConfigDict, dotted_key: str, raw: str) -> str | None:
+    """Sets `config.<dotted_key>` from a command-line string, keeping the field's type.
+
+    In a free-form section a key the recipe did not set is added (its factory's signature is
+    checked by `load_config`). Returns that section's dotted path, or None for a fixed field.
+    """
     *parents, leaf = dotted_key.split(".")
     node = config
     for i, part in enumerate(parents):
@@ -148,14 +252,84 @@ def apply_override(config: ConfigDict, dotted_key: str, raw: str) -> None:
         if not isinstance(node, ConfigDict):
             raise ConfigError(f"Config key {'.'.join(parents[: i + 1])!r} is a value, not a section, "
                              f"so it has no field {dotted_key!r}.")
-    if leaf not in node:
+    section = ".".join(parents)
+    # 'evaluators' itself holds evaluator names; each evaluators.<name> holds that one's options.
+    free_form = (section in _SECTION_REGISTRIES and section != "evaluators") or (
+        len(parents) == 2 and parents[0] == "evaluators")
+    if leaf not in node and not free_form:
         raise ConfigError(_unknown_key_message(dotted_key, node))
-    node[leaf] = _coerce(raw, node[leaf], f"--config.{dotted_key}")
+    node[leaf] = _coerce(raw, node.get(leaf), f"--config.{dotted_key}")
+    return section if free_form else None
+
+
+def _fit_options_to_factory(config: ConfigDict, section: str, set_keys: set[str]) -> None:
+    """Checks the options the command line set in `section` against the named factory's signature;
+    after a name change, drops the recipe's options that the new factory does not take."""
+    node = config
+    for part in section.split("."):
+        node = node[part]
+    if section.startswith("evaluators."):
+        module, attribute = _SECTION_REGISTRIES["evaluators"]
+        name, options = section.split(".", 1)[1], set(node.keys())
+    else:
+        module, attribute = _SECTION_REGISTRIES[section]
+        name, options = node.get("name"), set(node.keys()) - {"name"}
+    if not name:  # e.g. data.device_augment.name='' (none)
+        return
+    registry = getattr(importlib.import_module(module), attribute)
+    accepted = registry.option_names(name)  # an unknown name is an error here, naming the closest
+    if accepted is None:
+        return
+    if "name" in set_keys:
+        dropped = sorted(k for k in options - set_keys if k not in accepted)
+        for key in dropped:
+            del node[key]
+        if dropped:
+            print(f"note: {section}.name={name!r}: dropped the recipe's {section} option(s) "
+                  f"{', '.join(dropped)}, which {registry.kind} {name!r} does not take.", file=sys.stderr)
+    for key in sorted(set_keys - {"name"}):
+        if key not in accepted:
+            raise ConfigError(f"--config.{section}.{key}: {registry.kind} {name!r} has no option {key!r}."
+                              f"{closest(key, accepted)} Its options are: {', '.join(accepted) or '(none)'}.")
 
 
 def validate(config: ConfigDict) -> None:
-    """Checks that every key of `config` is known to `default_config()`."""
+    """Checks that every key of `config` is known to `default_config()` and every value makes sense."""
     _check_keys(config, default_config(), prefix="")
+    _check_values(config)
+
+
+# Fields that count something; for those in _ZERO_MEANS, 0 turns the feature off.
+_AT_LEAST_ONE = ("total_steps", "batch_size", "checkpoint.keep", "data.eval_batch_size", "mesh.model")
+_ZERO_MEANS = {
+    "log_every": "log only the last step", "eval_every": "evaluate only at the end",
+    "checkpoint.every_steps": "save only at the end and when stopped by a signal",
+    "data.prefetch": "no prefetching", "data.image_size": "keep each image's own size",
+    "optimizer.warmup_steps": "no warmup", "optimizer.grad_clip_norm": "no clipping",
+    "optimizer.weight_decay": "no decay", "optimizer.lr": "no updates",
+}
+
+
+def _check_values(config: ConfigDict) -> None:
+    def get(dotted: str):
+        node = config
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    for key in _AT_LEAST_ONE:
+        if get(key) < 1:
+            raise ConfigError(f"config.{key}={get(key)} must be at least 1.")
+    for key, zero in _ZERO_MEANS.items():
+        if not get(key) >= 0:  # also catches NaN
+            raise ConfigError(f"config.{key}={get(key)} must be >= 0 (0: {zero}).")
+    if config.mesh.data != -1 and config.mesh.data < 1:
+        raise ConfigError(f"config.mesh.data={config.mesh.data} must be at least 1, or -1 for all devices "
+                          f"not used by the model axis.")
+    name = config.preemption_signal
+    if name and not (name.startswith("SIG") and isinstance(getattr(signal, name, None), signal.Signals)):
+        raise ConfigError(f"config.preemption_signal={name!r} is not a signal name; use e.g. "
+                          f"--config.preemption_signal=SIGUSR1, or '' for none.")
 
 
 def _check_keys(config: ConfigDict, schema: ConfigDict, prefix: str) -> None:

@@ -27,3 +27,19 @@ class CheckpointError(UserError, RuntimeError):
 
 class TrainingDiverged(UserError, FloatingPointError):
     """The loss or gradients stopped being finite; nothing was saved after the last good state."""
+
+
+class WorkdirError(UserError, OSError):
+    """A workdir that cannot be used: a file, not writable, or in use by another run."""
+
+
+# sysexits.h EX_TEMPFAIL, "try again later": what a run stopped by a signal exits with, after saving.
+PREEMPTED_EXIT_CODE = 75
+
+
+class Preempted(Exception):
+    """A stop signal (preemption, Ctrl-C) ended training after the state of `step` was saved."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step

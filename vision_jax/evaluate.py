@@ -14,24 +14,26 @@ from vision_jax.errors import ConfigError, MissingDataError
 
 
 def evaluate(config, workdir: str) -> dict[str, dict[str, float]]:
-    from vision_jax import trainer
+    from vision_jax import checkpoint, trainer
     from vision_jax.evaluators.report import format_table
 
-    run = trainer.Run(config, workdir)
-    step = run.checkpointer.latest_step()
-    if step is None:
-        raise MissingDataError(f"No checkpoint in {run.checkpointer.directory}: train first with "
+    # Read-only: a training run may be writing this workdir (no lock taken, nothing cleaned up).
+    checkpointer = checkpoint.Checkpointer(workdir, every_steps=0, keep=1, read_only=True)
+    if checkpointer.latest_step() is None:
+        raise MissingDataError(f"No checkpoint in {checkpointer.directory}: train first with "
                                 f"python -m vision_jax.train --config=... --workdir={workdir}")
-    if not run.evaluators:
+    if not config.evaluators:
         raise ConfigError("The config names no evaluators (config.evaluators); add e.g. "
                          "config.evaluators.knn = dict(k=20).")
-    state = run.restore_or_init()
+    run = trainer.Run(config, workdir)
+    state = run.restore_or_init(checkpointer)
+    checkpointer.close()
+    step = int(state["step"])
     results = run.evaluate(state, with_baselines=True)
     if jax.process_index() == 0:
         print(format_table(results, run.results_caption(step)), flush=True)
         with open(os.path.join(workdir, f"eval_results_step{step}.json"), "w") as f:
             json.dump(results, f, indent=2)
-    run.checkpointer.close()
     return results
 
 

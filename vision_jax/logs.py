@@ -60,3 +60,20 @@ class MetricLogger:
     def info(self, message: str) -> None:
         if self.enabled:
             print(message, file=sys.stdout, flush=True)
+
+
+class CollapseMonitor:
+    """Warns once when a method's logged 'embedding_std_ratio' (methods/base.py `embedding_spread`:
+    ~1 for spread embeddings, 0 at collapse) falls below `threshold`."""
+
+    def __init__(self, logger: MetricLogger, threshold: float = 0.1):
+        self.logger, self.threshold, self.warned = logger, threshold, False
+
+    def observe(self, step: int, summary: dict[str, float]) -> None:
+        ratio = summary.get("train/embedding_std_ratio")
+        if ratio is None or self.warned or ratio >= self.threshold:
+            return
+        self.warned = True
+        self.logger.info(f"warning: the embeddings are collapsing at step {step}: their std over the batch is "
+                         f"{ratio:.3f} of a spread embedding's 1/sqrt(d) (train/embedding_std_ratio). Check the "
+                         f"views, the learning rate and, for EMA methods, the momentum schedule.")

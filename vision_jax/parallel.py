@@ -39,22 +39,35 @@ RULE_SETS: dict[str, dict[str, str]] = {
 
 
 def make_mesh(mesh_config) -> Mesh:
-    num_devices = jax.device_count()
-    model = mesh_config.model
-    data = mesh_config.data if mesh_config.data != -1 else num_devices // model
-    if data * model != num_devices:
-        raise ConfigError(f"Mesh data={mesh_config.data} x model={model} does not use the {num_devices} "
-                         f"devices; set config.mesh.data=-1 to take all of them.")
+    data, model = mesh_shape(mesh_config, jax.device_count())
     # Auto axes: XLA propagates shardings through the step (no sharding annotations in model code).
     return jax.make_mesh((data, model), ("data", "model"), devices=jax.devices(),
                          axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
+def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int]:
+    """(data, model) axis sizes for `num_devices`; an error names settings that fit."""
+    model = mesh_config.model
+    if num_devices % model:
+        divisors = [d for d in range(1, num_devices + 1) if num_devices % d == 0]
+        raise ConfigError(f"config.mesh.model={model} does not divide the {num_devices} devices; use a divisor "
+                          f"of {num_devices}, e.g. --config.mesh.model={max(d for d in divisors if d <= model)} "
+                          f"(divisors: {', '.join(map(str, divisors))}).")
+    data = mesh_config.data if mesh_config.data != -1 else num_devices // model
+    if data * model != num_devices:
+        raise ConfigError(f"Mesh data={data} x model={model} does not use the {num_devices} devices; "
+                          f"use --config.mesh.data=-1 to take all of them.")
+    return data, model
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "config.batch_size") -> None:
-    data = mesh.shape["data"]
-    if batch_size % data or batch_size % jax.process_count():
-        raise ConfigError(f"{what}={batch_size} is not divisible by the {data} devices of the mesh's data "
-                         f"axis ({jax.process_count()} process(es)); use a multiple of {data}.")
+    # Every process feeds an equal share, and every device of the data axis an equal slice.
+    multiple = int(np.lcm(mesh.shape["data"], jax.process_count()))
+    if batch_size % multiple:
+        fits = max(multiple, batch_size // multiple * multiple)
+        raise ConfigError(f"{what}={batch_size} is not divisible by the {mesh.shape['data']} devices of the "
+                         f"mesh's data axis ({jax.process_count()} process(es)); use a multiple of {multiple}, "
+                         f"e.g. --{what}={fits}.")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -103,14 +116,16 @@ def param_specs(param_names: Any, abstract_params: Any, rules: dict[str, str], m
 def state_shardings(abstract_state: Any, param_names: Any, mesh: Mesh, rule_set: str) -> Any:
     """A NamedSharding for every leaf of the train state.
 
-    `param_names` mirrors `abstract_state['params']` with each parameter's logical axis names.
+    `param_names` holds every model parameter's logical axis names, keyed like the model: it
+    covers both the trained params (`abstract_state['params']`) and the followers' params
+    (`abstract_state['ema']`, e.g. an EMA teacher), which are placed by the same rules.
     Optimizer-state leaves (Adam moments, momentum) mirror parameters: each one takes the spec of
     the parameter whose path is the longest suffix of its own path and whose shape it has.
     """
     rules = rules_for(rule_set)
-    specs = param_specs(param_names, abstract_state["params"], rules, mesh)
+    specs = {part: param_specs(param_names, abstract_state[part], rules, mesh) for part in ("params", "ema")}
     by_path = {path: (spec, shape) for (path, spec), (_, shape) in zip(
-        _leaves_with_paths(specs, is_names=False),
+        _leaves_with_paths(specs["params"], is_names=False),
         _leaves_with_paths(jax.tree.map(lambda x: x.shape, abstract_state["params"]), is_names=True))}
 
     def mirror(path, leaf) -> NamedSharding:
@@ -122,7 +137,8 @@ def state_shardings(abstract_state: Any, param_names: Any, mesh: Mesh, rule_set:
         return replicated(mesh)
 
     shardings = {k: jax.tree.map(lambda _: replicated(mesh), v) for k, v in abstract_state.items()}
-    shardings["params"] = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+    for part, part_specs in specs.items():
+        shardings[part] = jax.tree.map(lambda spec: NamedSharding(mesh, spec), part_specs,
                                        is_leaf=lambda x: isinstance(x, P))
     shardings["opt_state"] = jax.tree_util.tree_map_with_path(mirror, abstract_state["opt_state"])
     return shardings

@@ -21,6 +21,11 @@ def closest(word: str, choices) -> str:
     return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
 
 
+def options_of(section) -> dict:
+    """A config section naming a factory (`name=...` plus its options) as the factory's keyword arguments."""
+    return {k: v for k, v in section.items() if k != "name"}
+
+
 class Registry(Generic[T]):
     """Maps names to factories (classes or functions)."""
 
@@ -47,6 +52,14 @@ class Registry(Generic[T]):
                 f"Known {self.kind}s: {', '.join(self.names())}."
             )
         return self._factories[name]
+
+    def option_names(self, name: str) -> tuple[str, ...] | None:
+        """The keyword arguments the factory `name` takes (None: it takes any, via **kwargs)."""
+        params = inspect.signature(self.get(name)).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return None
+        return tuple(n for n, p in params.items()
+                     if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
     def build(self, name: str, kwargs: Mapping[str, Any] | None = None, **extra: Any) -> T:
         """Calls the factory, checking config-given `kwargs` against its signature first.

@@ -1,12 +1,16 @@
 """The one training loop, for every method.
 
-A `Run` builds what a config describes (mesh, data, method, sharded train state, checkpoints);
-`train` drives it: jitted step over global batches, logging, periodic evaluation, orbax saves,
-and the final results table beside baselines measured in the same run.
+A `Run` builds what a config describes (mesh, data, method, sharded train state); `train` drives
+it: jitted step over global batches, logging, periodic evaluation, orbax saves, and the final
+results table beside baselines measured in the same run. Around the loop, `train` holds the
+workdir's lock and checks a resumed config (workdir.py), and stops cleanly on a signal
+(preemption.py).
 
 The train state is a plain dict of arrays (so orbax, sharding rules and tests see one simple
-pytree): step, params (nnx.Param), model_state (everything else the model holds, e.g. BatchNorm
-statistics), opt_state and rng (raw key data).
+pytree): step; params (the nnx.Params the optimizer trains); ema (the params of the method's
+followers, e.g. an EMA teacher, which follow instead of learning; {} for most methods);
+model_state (everything else the model holds, e.g. BatchNorm statistics); opt_state; and rng
+(raw key data).
 """
 from __future__ import annotations
 
@@ -20,30 +24,27 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from vision_jax import checkpoint, optim, parallel, precision
-from vision_jax import config as config_lib
+from vision_jax import checkpoint, parallel, precision, preemption, schedules
+from vision_jax import workdir as workdir_lib
 from vision_jax.data import pipeline, pp
 from vision_jax.data.sources import build_source
 from vision_jax.data.device_augment import DEVICE_AUGMENTATIONS
 from vision_jax.data.views import AUGMENTATIONS
-from vision_jax.errors import ConfigError, TrainingDiverged
+from vision_jax.errors import CheckpointError, ConfigError, Preempted, TrainingDiverged
 from vision_jax.evaluators import EVALUATORS
 from vision_jax.evaluators.features import EvalData, Representation
 from vision_jax.evaluators.report import evaluate_all, format_table
-from vision_jax.logs import MetricLogger
+from vision_jax.logs import CollapseMonitor, MetricLogger
 from vision_jax.methods import METHODS
+from vision_jax.methods.base import MethodSetup, OnlineProbe
 from vision_jax.models import MODELS, conv
 from vision_jax.models.flops import model_flops
 from vision_jax.models.pretrained import load_timm_weights
+from vision_jax.registry import options_of
 
 TrainState = dict[str, Any]
-
-
-def _options(section) -> dict:
-    return {k: v for k, v in section.items() if k != "name"}
 
 
 class Run:
@@ -57,48 +58,67 @@ class Run:
 
         data = config.data
         self.train_source = build_source(data.source, data.train_split, data.image_size)
-        self.augment = AUGMENTATIONS.build(data.augment.name, _options(data.augment))
-        self.device_augment = (DEVICE_AUGMENTATIONS.build(data.device_augment.name, _options(data.device_augment))
+        self.augment = AUGMENTATIONS.build(data.augment.name, options_of(data.augment))
+        self.device_augment = (DEVICE_AUGMENTATIONS.build(data.device_augment.name, options_of(data.device_augment))
                                if data.device_augment.name else None)
-        self.batch_transform = pp.parse_batch(data.batch_pp) if data.batch_pp else None
+        self.batch_transform = self._batch_transform(data.batch_pp)
         self.evaluators = {name: EVALUATORS.build(name, options.to_dict())
                            for name, options in config.evaluators.items()}
         for baseline in config.eval_baselines:
             if baseline not in ("random_init", "raw_pixels"):
                 raise ConfigError(f"Unknown eval baseline {baseline!r}; use 'random_init' and/or 'raw_pixels'.")
+        if config.grad_accum_steps < 1 or config.batch_size % (config.grad_accum_steps * self.mesh.shape["data"]):
+            raise ConfigError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1 and split the batch "
+                              f"({config.batch_size}) into microbatches that the {self.mesh.shape['data']} devices "
+                              f"divide; use a divisor of {config.batch_size // self.mesh.shape['data']}.")
 
         conv.set_conv_impl(config.conv_impl)  # read when the step is traced
-        model_name, model_options = config.model.name, _options(config.model)
+        model_name, model_options = config.model.name, options_of(config.model)
         MODELS.get(model_name)  # fail early on an unknown name, before building the method
         dtypes = {"dtype": precision.compute_dtype(config.precision.compute),
                   "param_dtype": precision.param_dtype(config.precision.params)}
         self.make_encoder = lambda rngs: MODELS.build(model_name, model_options, rngs=rngs, **dtypes)
-        self.method = METHODS.build(config.method.name, _options(config.method), make_encoder=self.make_encoder,
-                                    num_classes=self.train_source.num_classes)
-        self.tx = optim.make_optimizer(config.optimizer, config.total_steps)
-        self.schedule = optim.learning_rate_schedule(config.optimizer, config.total_steps)
+        self.length = schedules.RunLength(config.total_steps,
+                                          max(self.train_source.num_examples // config.batch_size, 1))
+        setup = MethodSetup(self.make_encoder, self.train_source.num_classes, self.length, model_name,
+                            OnlineProbe(**config.online_probe), config.optimizer.lr)
+        self.method = METHODS.build(config.method.name, options_of(config.method), setup=setup)
 
         abstract_model = nnx.eval_shape(lambda: self.method.init_model(nnx.Rngs(0)))
         self.graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
         # Each parameter's logical axis names (models/axes.py), which the sharding rules map onto the mesh.
-        self.param_names = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
+        param_names = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
+        trainable, _ = self._split_followers(nnx.to_pure_dict(abstract_params))
+        self.optimizer = self.method.make_optimizer(config.optimizer, trainable)
         self.abstract_state = jax.eval_shape(self._init_state)
-        self.state_shardings = parallel.state_shardings(self.abstract_state, self.param_names, self.mesh,
-                                                        config.sharding)
+        self.state_shardings = parallel.state_shardings(self.abstract_state, param_names, self.mesh, config.sharding)
         self.signature = checkpoint.model_signature(self.abstract_state["params"], config.model.to_dict())
-        self.checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint.every_steps,
-                                                    config.checkpoint.keep, config.checkpoint.use_async)
+
+    def _batch_transform(self, batch_pp: str):
+        """Batch-level ops (mixup, cutmix) mix labels, so integer labels become one-hot first."""
+        if not batch_pp:
+            return None
+        mix = pp.parse_batch(batch_pp)
+        to_onehot = pp.parse(f"onehot({self.train_source.num_classes})")
+        return lambda batch, seed: mix(to_onehot(batch, seed), seed)
 
     # --- state -------------------------------------------------------------------------------
+
+    def _split_followers(self, params: dict) -> tuple[dict, dict]:
+        """(trained params, follower params): followers are top-level attributes of the model."""
+        followers = self.method.followers
+        return ({k: v for k, v in params.items() if k not in followers},
+                {k: v for k, v in params.items() if k in followers})
 
     def _init_state(self) -> TrainState:
         key = jax.random.key(self.config.seed)
         # 'dropout' feeds stochastic layers (ViT drop path); their RNG state lives in model_state.
         model = self.method.init_model(nnx.Rngs(params=jax.random.fold_in(key, 0), dropout=jax.random.fold_in(key, 2)))
         _, params, model_state = nnx.split(model, nnx.Param, ...)
-        params, model_state = nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
-                "opt_state": self.tx.init(params), "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+        params, ema = self._split_followers(nnx.to_pure_dict(params))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": ema,
+                "model_state": nnx.to_pure_dict(model_state), "opt_state": self.optimizer.tx.init(params),
+                "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
 
     def init_state(self, pretrained: bool = True) -> TrainState:
         """A fresh state, created directly with its target shardings (never whole on one device);
@@ -108,8 +128,11 @@ class Run:
             state = self._with_pretrained_encoder(state)
         return state
 
+    def _abstract_encoder(self) -> nnx.Module:
+        return nnx.eval_shape(lambda: self.make_encoder(nnx.Rngs(0)))
+
     def _with_pretrained_encoder(self, state: TrainState) -> TrainState:
-        encoder = nnx.eval_shape(lambda: self.make_encoder(nnx.Rngs(0)))
+        encoder = self._abstract_encoder()
         load_timm_weights(self.config.pretrained, encoder)  # fills every variable in place
         _, params, model_state = nnx.split(encoder, nnx.Param, ...)
         loaded = {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(model_state)}
@@ -121,22 +144,24 @@ class Run:
             state[part]["encoder"] = jax.tree.map(
                 lambda new, old: old if isinstance(new, jax.ShapeDtypeStruct)
                 else jax.device_put(jnp.asarray(new, old.dtype), old.sharding), weights, fresh)
+        # Followers start as copies (own buffers: the step donates the state) of what they follow.
+        for follower, online in self.method.followers.items():
+            state["ema"][follower] = jax.tree.map(jnp.copy, state["params"][online])
         return state
 
-    def restore_or_init(self) -> TrainState:
-        step = self.checkpointer.latest_step()
-        if step is None:
-            return self.init_state()
+    def restore_or_init(self, checkpointer: checkpoint.Checkpointer) -> TrainState:
+        """The newest usable checkpoint's state, laid out for this mesh, or a fresh one."""
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               self.abstract_state, self.state_shardings)
-        return self.checkpointer.restore(step, target, self.signature)
+        restored = checkpointer.restore_latest(target, self.signature)
+        return self.init_state() if restored is None else restored
 
     def num_params(self) -> int:
         return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.abstract_state["params"]))
 
     def encoder_flops(self) -> float:
         """Forward FLOPs of the encoder for one image at the training resolution (XLA cost analysis)."""
-        encoder = nnx.eval_shape(lambda: self.make_encoder(nnx.Rngs(0)))
+        encoder = self._abstract_encoder()
         size = self.config.data.image_size
         return model_flops(encoder, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32), train=False)
 
@@ -147,21 +172,7 @@ class Run:
         if self.device_augment is not None:
             # A pure function of (seed, step), like the host pipeline's randomness: resume-exact.
             batch = self.device_augment(batch, jax.random.fold_in(rng, 1))
-
-        def loss_fn(params):
-            model = nnx.merge(self.graphdef, params, state["model_state"])
-            loss, metrics = self.method.loss(model, batch, rng)
-            _, _, model_state = nnx.split(model, nnx.Param, ...)
-            return loss, (metrics, nnx.to_pure_dict(model_state))
-
-        (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        grad_norm = optax.global_norm(grads)
-        metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": self.schedule(state["step"]),
-                   "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
-        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                     "model_state": model_state, "opt_state": opt_state, "rng": state["rng"]}
-        return new_state, metrics
+        return self.method.update(self.graphdef, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
     def compile_step(self):
         return jax.jit(self.train_step, in_shardings=(self.state_shardings, parallel.batch_sharding(self.mesh)),
@@ -176,33 +187,42 @@ class Run:
         return {"train": build_source(data.source, data.eval_train_split, data.image_size),
                 "test": build_source(data.source, data.eval_test_split, data.image_size)}
 
-    @functools.cached_property
-    def _apply_fns(self):
+    def _jitted(self, fn):
         # Parameters are arguments, not closed-over constants: one compilation serves every
         # evaluation, and the weights are never baked into the program.
-        def features(params, model_state, images):
-            return self.method.features(nnx.merge(self.graphdef, params, model_state), images)
+        def apply(params, ema, model_state, images):
+            return fn(nnx.merge(self.graphdef, {**params, **ema}, model_state), images)
 
-        def logits(params, model_state, images):
-            return self.method.predict(nnx.merge(self.graphdef, params, model_state), images)
+        return jax.jit(apply)
 
-        return jax.jit(features), jax.jit(logits) if hasattr(self.method, "predict") else None
+    @functools.cached_property
+    def _output_fns(self) -> dict[str, dict]:
+        return {"method": {name: self._jitted(fn) for name, fn in self.method.outputs().items()},
+                "online_probe": {name: self._jitted(fn) for name, fn in self.method.online_probe_outputs().items()}}
 
-    def representation(self, name: str, state: TrainState) -> Representation:
-        features_fn, logits_fn = self._apply_fns
-        weights = (state["params"], state["model_state"])
-        return Representation(name, lambda images: features_fn(*weights, images),
-                              None if logits_fn is None else lambda images: logits_fn(*weights, images))
+    def representations(self, name: str, state: TrainState, with_online_probe: bool) -> list[Representation]:
+        """The method's outputs under `name`, and (if asked and trained) the online probe's as a row of its own."""
+        weights = (state["params"], state["ema"], state["model_state"])
+
+        def bind(fns):
+            return {output: functools.partial(fn, *weights) for output, fn in fns.items()}
+
+        rows = [Representation(name, bind(self._output_fns["method"]))]
+        if with_online_probe and self._output_fns["online_probe"]:
+            rows.append(Representation(f"{name} (online probe)", bind(self._output_fns["online_probe"])))
+        return rows
 
     def evaluate(self, state: TrainState, with_baselines: bool) -> dict[str, dict[str, float]]:
-        representations = [self.representation(self.config.method.name, state)]
+        representations = self.representations(self.config.method.name, state, with_online_probe=True)
         if with_baselines and "random_init" in self.config.eval_baselines:
-            representations.append(self.representation("random_init", self.init_state(pretrained=False)))
+            representations += self.representations("random_init", self.init_state(pretrained=False),
+                                                     with_online_probe=False)
         if with_baselines and "raw_pixels" in self.config.eval_baselines:
-            representations.append(Representation("raw_pixels", jax.jit(lambda x: x.reshape(x.shape[0], -1))))
+            representations.append(Representation("raw_pixels",
+                                                  {"features": jax.jit(lambda x: x.reshape(x.shape[0], -1))}))
         # A fresh EvalData per call: its feature cache must never outlive the state it was computed from.
         eval_augment = self.config.data.eval_augment
-        preprocess = AUGMENTATIONS.build(eval_augment.name, _options(eval_augment))
+        preprocess = AUGMENTATIONS.build(eval_augment.name, options_of(eval_augment))
         data = EvalData(self.eval_sources, preprocess, self.mesh, self.eval_batch_size)
         return evaluate_all(self.evaluators, representations, data)
 
@@ -225,42 +245,105 @@ def _flops(compiled) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def _check_finite(pending: list[tuple[int, dict]], last_saved: int | None, workdir: str) -> list[dict]:
+def _check_finite(pending: list[tuple[int, dict]], last_saved: int | None, config, workdir: str) -> list[dict]:
     """Fetches the pending steps' metrics; raises if any step produced a non-finite loss."""
     fetched = jax.device_get([m for _, m in pending])
     for (step, _), metrics in zip(pending, fetched):
         if not metrics["finite"]:
-            where = f"step {last_saved} in {workdir}/checkpoints" if last_saved else "none was saved"
-            raise TrainingDiverged(
-                f"Loss or gradient became non-finite at step {step} (loss={metrics['loss']}, "
-                f"grad_norm={metrics['grad_norm']}). Nothing was saved after it; last good checkpoint: "
-                f"{where}. Lower the learning rate, add warmup or gradient clipping, then rerun.")
+            values = ", ".join(f"{k}={metrics[k]}" for k in ("loss", "grad_norm", "param_norm") if k in metrics)
+            raise _diverged(f"Training became non-finite at step {step} ({values})", last_saved, config, workdir)
     return fetched
 
 
+def _diverged(what: str, last_saved: int | None, config, workdir: str) -> TrainingDiverged:
+    where = f"step {last_saved} in {workdir}/checkpoints" if last_saved else "none was saved"
+    resume = f"it resumes from step {last_saved}" if last_saved else "it starts again"
+    return TrainingDiverged(
+        f"{what}. Nothing was saved after it; last good checkpoint: {where}. Rerun with a lower learning rate "
+        f"({resume}), e.g. --config.optimizer.lr={min(config.optimizer.lr / 10, 1e-3):g} "
+        f"--config.allow_config_change=true, "
+        f"or add warmup or --config.optimizer.grad_clip_norm=1.0 in a new --workdir.")
+
+
 def train(config, workdir: str) -> dict[str, dict[str, float]]:
-    """Trains (resuming from the latest checkpoint in `workdir` if any) and returns the final results."""
-    os.makedirs(workdir, exist_ok=True)
-    run = Run(config, workdir)
+    """Trains (resuming from the latest usable checkpoint in `workdir`, if any) and returns the final
+    results. A stop signal saves the current step and raises `Preempted` (vision_jax/preemption.py)."""
+    workdir_lib.prepare(workdir)
+    with workdir_lib.lock(workdir):
+        checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
+                                               config.checkpoint.use_async)
+        try:
+            return _train(config, workdir, checkpointer)
+        finally:
+            checkpointer.close()
+
+
+def _train(config, workdir: str, checkpointer: checkpoint.Checkpointer) -> dict[str, dict[str, float]]:
+    latest = checkpointer.latest_step()
+    notes = workdir_lib.check_resume(config, workdir, latest) if latest is not None else []
+    results_path = os.path.join(workdir, "results.json")
+    finished = latest == config.total_steps and not workdir_lib.changes_since_saved(config, workdir)
+    if finished and (os.path.exists(results_path) or not config.evaluators):
+        return _finished_run(workdir, latest, results_path)
+
     logger = MetricLogger(workdir, config.total_steps)
+    for note in notes:
+        logger.info(f"note: {note}")
+    with preemption.StopSignals(config.preemption_signal, checkpointer.reached_preemption) as stop:
+        run = Run(config, workdir)
+        try:
+            state = run.restore_or_init(checkpointer)
+        except checkpoint.StateStructureError as error:
+            changes = workdir_lib.changes_since_saved(config, workdir)
+            raise CheckpointError(f"{error} Changed since it was saved: {changes or 'nothing in config.json'}. "
+                                  f"Resume without those changes (--config={workdir}/config.json), or use a new "
+                                  f"--workdir.") from None
+        workdir_lib.write_config(config, workdir)  # only now: the checkpoint fits this config
+        start = int(state["step"])
+        if stop.should_stop(start):  # a signal during start-up: nothing new to save
+            raise Preempted(f"Stopped by {stop.received} before step {start + 1}; nothing new to save.", start)
+        logger.forget_after(start)
+        logger.info(f"{config.method.name} / {config.model.name}: {run.num_params():,} parameters; "
+                    f"mesh {dict(run.mesh.shape)}; global batch {config.batch_size}; "
+                    f"train data {run.train_source.description} ({run.train_source.num_examples} examples)"
+                    + (f"; resuming from step {start}" if start else ""))
+        state = _train_loop(run, state, start, stop, checkpointer, logger)
+
+    results = {}
+    if run.evaluators:
+        results = run.evaluate(state, with_baselines=True)
+        logger.write(config.total_steps,
+                     {f"final/{rep}/{k}": v for rep, row in results.items() for k, v in row.items()})
+        logger.info("\n" + format_table(results, run.results_caption(config.total_steps)))
+        if jax.process_index() == 0:
+            with open(results_path, "w") as f:
+                json.dump(results, f, indent=2)
+    return results
+
+
+def _finished_run(workdir: str, step: int, results_path: str) -> dict[str, dict[str, float]]:
+    """A rerun of a finished run: its saved results, without training or evaluating again."""
+    results = {}
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_lib.to_json(config))
+        print(f"The run in {workdir} is finished (step {step}); nothing was trained or evaluated again.", flush=True)
+        if results:
+            print("\n" + format_table(results, f"Results at step {step}, saved in {results_path}:"), flush=True)
+    return results
 
-    state = run.restore_or_init()
-    start = int(state["step"])
-    logger.forget_after(start)
-    logger.info(f"{config.method.name} / {config.model.name}: {run.num_params():,} parameters; "
-                f"mesh {dict(run.mesh.shape)}; global batch {config.batch_size}; "
-                f"train data {run.train_source.description} ({run.train_source.num_examples} examples)"
-                + (f"; resuming from step {start}" if start else ""))
 
+def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSignals,
+                checkpointer: checkpoint.Checkpointer, logger: MetricLogger) -> TrainState:
+    config, workdir = run.config, run.workdir
     batches = pipeline.train_batches(run.train_source, run.augment, global_batch=config.batch_size,
                                      seed=config.seed, start_step=start, process_index=jax.process_index(),
                                      process_count=jax.process_count(), prefetch=config.data.prefetch,
                                      batch_transform=run.batch_transform)
     batches = parallel.prefetch_to_device(batches, parallel.batch_sharding(run.mesh))
     first_batch = next(batches)
+    run.method.validate_batch({k: tuple(v.shape) for k, v in first_batch.items()})
     step_fn = run.compile_step().lower(state, first_batch).compile()
     step_flops = _flops(step_fn)  # per device: the compiled program is the partitioned one
     size = config.data.image_size  # 0: images keep their own sizes, so no single forward cost
@@ -269,7 +352,8 @@ def train(config, workdir: str) -> dict[str, dict[str, float]]:
     batches = itertools.chain([first_batch], batches)
     pending: list[tuple[int, dict]] = []  # dispatched steps whose metrics are not fetched yet
     since_log: list[dict] = []  # fetched metrics of the steps since the last log line
-    last_saved = run.checkpointer.latest_step()
+    last_saved = start or None
+    collapse = CollapseMonitor(logger)
     timer_step, timer_start = start, time.perf_counter()
     try:
         for step in range(start, config.total_steps):
@@ -277,12 +361,13 @@ def train(config, workdir: str) -> dict[str, dict[str, float]]:
             done = step + 1
             pending.append((done, metrics))
             is_last = done == config.total_steps
-            log_now = done % config.log_every == 0 or is_last
-            save_now = run.checkpointer.should_save(done) or is_last
-            eval_now = config.eval_every > 0 and done % config.eval_every == 0 and not is_last
+            stopping = stop.should_stop(done)  # every step, on every process (the processes agree)
+            log_now = (config.log_every and done % config.log_every == 0) or is_last
+            save_now = checkpointer.should_save(done) or is_last or stopping
+            eval_now = config.eval_every > 0 and done % config.eval_every == 0 and not (is_last or stopping)
             if not (log_now or save_now or eval_now):
                 continue
-            since_log += _check_finite(pending, last_saved, workdir)
+            since_log += _check_finite(pending, last_saved, config, workdir)
             pending = []
             if log_now:
                 seconds_per_step = (time.perf_counter() - timer_start) / (done - timer_step)
@@ -293,26 +378,24 @@ def train(config, workdir: str) -> dict[str, dict[str, float]]:
                 summary["train/tflops_per_s_per_device"] = step_flops / seconds_per_step / 1e12
                 logger.write(done, summary)
                 logger.progress(done, summary["train/loss"], summary["train/images_per_s"], seconds_per_step)
+                collapse.observe(done, summary)
                 timer_step, timer_start = done, time.perf_counter()
             if save_now:
-                run.checkpointer.save(done, state, run.signature, force=is_last)
+                bad = checkpoint.nonfinite_leaves(state)  # the loss can be finite while the update is not
+                if bad:
+                    raise _diverged(f"The train state became non-finite at step {done} ({len(bad)} arrays hold NaN "
+                                    f"or infinity, e.g. {bad[0]})", last_saved, config, workdir)
+                checkpointer.save(done, state, run.signature, force=is_last or stopping)
                 last_saved = done
+            if stopping:
+                checkpointer.wait()
+                raise Preempted(f"Stopped by {stop.received} after step {done}; its state is saved in "
+                                f"{checkpointer.directory}.", done)
             if eval_now and run.evaluators:
                 results = run.evaluate(state, with_baselines=False)[config.method.name]
                 logger.write(done, {f"eval/{k}": v for k, v in results.items()})
                 logger.info(f"step {done} eval: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
                 timer_step, timer_start = done, time.perf_counter()
     finally:
-        run.checkpointer.wait()
-
-    results = {}
-    if run.evaluators:
-        results = run.evaluate(state, with_baselines=True)
-        logger.write(config.total_steps,
-                     {f"final/{rep}/{k}": v for rep, row in results.items() for k, v in row.items()})
-        logger.info("\n" + format_table(results, run.results_caption(config.total_steps)))
-        if jax.process_index() == 0:
-            with open(os.path.join(workdir, "results.json"), "w") as f:
-                json.dump(results, f, indent=2)
-    run.checkpointer.close()
-    return results
+        checkpointer.wait()
+    return state

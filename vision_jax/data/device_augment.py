@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from vision_jax.data.ops import IMAGENET_MEAN, IMAGENET_STD
 from vision_jax.errors import ConfigError, DataError
 from vision_jax.registry import Registry
 
@@ -419,9 +420,13 @@ def _batch_images(batch: dict, recipe: str) -> jax.Array:
     return images
 
 
-def to_model_range(images: jax.Array) -> jax.Array:
-    """[0, 1] -> [-1, 1]; clipped, since a blur's rounding can land a hair above 1."""
-    return jnp.clip(images * 2.0 - 1.0, -1.0, 1.0)
+def to_model_range(images: jax.Array, normalize: bool = False) -> jax.Array:
+    """[0, 1] -> [-1, 1] (clipped, since a blur's rounding can land a hair above 1), or with
+    `normalize` standardized by the ImageNet mean and std, as the host recipes' `normalize` option."""
+    images = jnp.clip(images, 0.0, 1.0)
+    if normalize:
+        return (images - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    return images * 2.0 - 1.0
 
 
 def _check_views_options(size: int, crop_scale, jitter_prob: float, grayscale_prob: float) -> None:
@@ -435,14 +440,15 @@ def _check_views_options(size: int, crop_scale, jitter_prob: float, grayscale_pr
 @DEVICE_AUGMENTATIONS.register("simclr")
 def simclr_views(num_views: int = 2, crop_scale: tuple[float, float] = (0.08, 1.0), flip: bool = True,
                  jitter_strength: float = 0.5, jitter_prob: float = 0.8, grayscale_prob: float = 0.2,
-                 blur_prob: float = 0.0, size: int = 0) -> Recipe:
+                 blur_prob: float = 0.0, size: int = 0, normalize: bool = False) -> Recipe:
     """SimCLR's views (Chen et al. 2020, appendix A), as the host 'simclr' recipe: random resized
     crop, flip, colour jitter (brightness, contrast, saturation 0.8 s, hue 0.2 s; probability
     `jitter_prob`), grayscale, blur. Defaults are the CIFAR ones (s = 0.5, no blur); ImageNet uses
     jitter_strength=1.0 and blur_prob=0.5. `size` 0 keeps the input size.
 
     Returns fn(batch, key, first_index=0): batch['image'] [B, H, W, 3] in [-1, 1] ->
-    batch['views'] [B, num_views, size, size, 3] in [-1, 1]; other keys pass through.
+    batch['views'] [B, num_views, size, size, 3] in [-1, 1] (standardized with `normalize`);
+    other keys pass through.
     """
     if num_views < 1:
         raise ConfigError(f"num_views must be >= 1; got {num_views}.")
@@ -461,7 +467,7 @@ def simclr_views(num_views: int = 2, crop_scale: tuple[float, float] = (0.08, 1.
         one_view = lambda view_key: augment(images, view_key, steps, first_index)
         views = jax.vmap(one_view, out_axes=1)(jax.random.split(key, num_views))
         rest = {k: v for k, v in batch.items() if k != "image"}
-        return {**rest, "views": to_model_range(views)}
+        return {**rest, "views": to_model_range(views, normalize)}
 
     return fn
 
@@ -470,13 +476,13 @@ def simclr_views(num_views: int = 2, crop_scale: tuple[float, float] = (0.08, 1.
 def byol_views(crop_scale: tuple[float, float] = (0.08, 1.0), flip: bool = True,
                jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1), jitter_prob: float = 0.8,
                grayscale_prob: float = 0.2, blur_probs: tuple[float, float] = (1.0, 0.1),
-               solarize_probs: tuple[float, float] = (0.0, 0.2), size: int = 0) -> Recipe:
+               solarize_probs: tuple[float, float] = (0.0, 0.2), size: int = 0, normalize: bool = False) -> Recipe:
     """BYOL's two asymmetric views (Grill et al. 2020, Table 6): crop, flip, colour jitter
     (brightness, contrast, saturation, hue) with probability 0.8, grayscale 0.2, then blur with
     probability 1.0 / 0.1 and solarize 0.0 / 0.2 for view 1 / 2. `size` 0 keeps the input size.
 
     Returns fn(batch, key, first_index=0): batch['image'] in [-1, 1] -> batch['views']
-    [B, 2, size, size, 3] in [-1, 1]; other keys pass through.
+    [B, 2, size, size, 3] in [-1, 1] (standardized with `normalize`); other keys pass through.
     """
     _check_views_options(size, crop_scale, jitter_prob, grayscale_prob)
     if len(jitter) != 4:
@@ -504,22 +510,23 @@ def byol_views(crop_scale: tuple[float, float] = (0.08, 1.0), flip: bool = True,
         views = jax.vmap(one_view, out_axes=1)(jax.random.split(key, 2), jnp.asarray(blur_probs, jnp.float32),
                                                jnp.asarray(solarize_probs, jnp.float32))
         rest = {k: v for k, v in batch.items() if k != "image"}
-        return {**rest, "views": to_model_range(views)}
+        return {**rest, "views": to_model_range(views, normalize)}
 
     return fn
 
 
 @DEVICE_AUGMENTATIONS.register("crop_flip")
-def crop_flip(padding: int = 4, flip: bool = True) -> Recipe:
+def crop_flip(padding: int = 4, flip: bool = True, normalize: bool = False) -> Recipe:
     """The CIFAR supervised recipe (He et al. 2016): reflect-pad by 4, random crop, flip.
 
     Returns fn(batch, key, first_index=0): batch['image'] [B, H, W, 3] in [-1, 1] -> the same
-    key, augmented; other keys pass through.
+    key, augmented (standardized with `normalize`); other keys pass through.
     """
     steps = [pad_and_crop_step(padding), flip_lr_step(0.5 if flip else 0.0)]
 
     def fn(batch: dict, key: jax.Array, first_index=0) -> dict:
         # Cropping and flipping do not care about the value range: work in [-1, 1] directly.
-        return {**batch, "image": augment(_batch_images(batch, "crop_flip"), key, steps, first_index)}
+        images = augment(_batch_images(batch, "crop_flip"), key, steps, first_index)
+        return {**batch, "image": to_model_range((images + 1.0) * 0.5, normalize) if normalize else images}
 
     return fn

@@ -36,7 +36,10 @@ class ImageList:
 
 def list_images(root: str, split: str, max_bad_fraction: float) -> ImageList:
     root = os.path.expanduser(root)
-    if os.path.isfile(root) and zipfile.is_zipfile(root):
+    if os.path.isfile(root):
+        if not zipfile.is_zipfile(root):  # e.g. a download cut short: no central directory at the end
+            raise DataError(f"{root!r} is not a valid zip archive (truncated or corrupt?); image_folder's root "
+                            f"is a folder or a .zip of <split>/<class>/<image> files.")
         return _list_cached(root, split, max_bad_fraction, True)
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
@@ -86,10 +89,12 @@ def _list_cached(root: str, split: str, max_bad_fraction: float, is_zip: bool) -
     bad = [k for k, ok in zip(keys, readable) if not ok]
     if bad:
         if len(bad) > max_bad_fraction * len(keys):
+            needed = float(f"{len(bad) / len(keys):.2g}")
+            needed = needed if needed * len(keys) >= len(bad) else float(f"{needed * 1.1:.2g}")
             raise DataError(
                 f"{len(bad)} of {len(keys)} images in {where!r} cannot be decoded (first: {bad[0]}), "
-                f"more than max_bad_fraction={max_bad_fraction}. Fix or remove them, or raise "
-                f"config.data.source.max_bad_fraction.")
+                f"more than max_bad_fraction={max_bad_fraction}. Fix or remove them, or skip them with "
+                f"--config.data.source.max_bad_fraction={needed}")
         warnings.warn(f"Skipping {len(bad)} unreadable image(s) in {where!r}; first: {bad[0]}")
     keep = np.asarray(readable, bool)
     return ImageList(tuple(np.asarray(keys)[keep]), np.asarray(labels, np.int32)[keep], tuple(classes),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
@@ -25,6 +26,7 @@ from vision_jax.data.ops import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from vision_jax.data.sources import build_source  # noqa: E402
 from vision_jax.data.views import AUGMENTATIONS  # noqa: E402
 from vision_jax.errors import UserError  # noqa: E402
+from vision_jax.registry import options_of  # noqa: E402
 
 OVERRIDE_PREFIX = "--config."
 GAP = 2  # pixels between cells
@@ -72,7 +74,7 @@ def draw(config, num_images: int, cell_height: int = 0) -> np.ndarray:
     96 px, or the largest view's height)."""
     data = config.data
     source = build_source(data.source, data.train_split, data.image_size)
-    options = {k: v for k, v in data.augment.items() if k != "name"}
+    options = options_of(data.augment)
     augment = AUGMENTATIONS.build(data.augment.name, options)
     normalized = bool(options.get("normalize", False))
     rows = []
@@ -97,6 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} "
                      f"(config fields are set with --config.<field>=<value>)")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):  # checked before the (slow) drawing
+        parser.error(f"--out={args.out}: folder {folder} does not exist; create it (mkdir -p {shlex.quote(folder)}) or "
+                     f"choose another --out")
     tf.config.set_visible_devices([], "GPU")  # pictures need no accelerator
     try:
         config = load_config(args.config, overrides)

@@ -118,6 +118,11 @@ def arrays_source(images: np.ndarray, labels: np.ndarray, split: str = "train", 
     """A Source over numpy arrays (the Python API behind the 'arrays' source)."""
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
         raise DataError(f"images must be uint8 [N, H, W, 3] or [N, H, W]; got {images.dtype} {images.shape}.")
+    if labels.ndim == 2 and len(labels) == len(images):
+        raise DataError(f"labels have shape {labels.shape}: one-hot or per-class scores, but a source needs "
+                        f"one integer class id per image; save labels.argmax(axis=1) instead.")
+    if labels.ndim != 1:
+        raise DataError(f"labels must be [N] class ids; got shape {labels.shape}.")
     if len(images) != len(labels):
         raise DataError(f"{len(images)} images but {len(labels)} labels.")
     if not np.issubdtype(labels.dtype, np.integer):

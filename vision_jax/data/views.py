@@ -158,15 +158,21 @@ def simclr_views(num_views: int = 2, crop_scale: tuple[float, float] = (0.08, 1.
 
 
 @AUGMENTATIONS.register("byol")
-def byol_views(size: int = 0, crop_scale: tuple[float, float] = (0.08, 1.0), flip: bool = True,
-               normalize: bool = False):
-    """BYOL's two asymmetric views (Grill et al. 2020, Table 6): crop, flip, jitter (0.4, 0.4, 0.2,
-    0.1) with probability 0.8, grayscale 0.2; blur with probability 1.0 / 0.1 and solarize with
-    probability 0.0 / 0.2 for view 1 / view 2."""
+def byol_views(crop_scale: tuple[float, float] = (0.08, 1.0), flip: bool = True,
+               jitter: tuple[float, float, float, float] = BYOL_JITTER, jitter_prob: float = 0.8,
+               grayscale_prob: float = 0.2, blur_probs: tuple[float, float] = (1.0, 0.1),
+               solarize_probs: tuple[float, float] = (0.0, 0.2), size: int = 0, normalize: bool = False):
+    """BYOL's two asymmetric views (Grill et al. 2020, Table 6): crop, flip, jitter (brightness,
+    contrast, saturation, hue = 0.4, 0.4, 0.2, 0.1) with probability 0.8, grayscale 0.2; blur with
+    probability 1.0 / 0.1 and solarize with probability 0.0 / 0.2 for view 1 / view 2 (CIFAR
+    recipes turn blur off: blur_probs=(0, 0), as solo-learn)."""
+    for name, pair in (("blur_probs", blur_probs), ("solarize_probs", solarize_probs)):
+        if len(pair) != 2:
+            raise ConfigError(f"augmentation 'byol': {name} must hold one probability per view (two), got {pair}.")
 
     def specs(side):
-        return [view_spec(side, crop_scale, flip, BYOL_JITTER, 0.8, 0.2, blur, solar, normalize)
-                for blur, solar in ((1.0, 0.0), (0.1, 0.2))]
+        return [view_spec(side, crop_scale, flip, jitter, jitter_prob, grayscale_prob, blur, solar, normalize)
+                for blur, solar in zip(blur_probs, solarize_probs)]
 
     _check_early(*specs(size or 8))
 

@@ -15,11 +15,11 @@ from vision_jax.data.sources import Source
 
 @dataclasses.dataclass
 class Representation:
-    """A named way of turning images into features (and, for classifiers, logits)."""
+    """A named row of the results table: its outputs by name ('features' [batch, dim] for kNN and
+    probes, 'logits' [batch, classes] for classifiers), each a jitted global image batch -> array."""
 
     name: str
-    features: Callable[[jax.Array], jax.Array]  # jitted: global image batch -> [batch, dim]
-    logits: Callable[[jax.Array], jax.Array] | None = None
+    outputs: dict[str, Callable[[jax.Array], jax.Array]]
 
 
 class EvalData:
@@ -40,16 +40,11 @@ class EvalData:
     def num_classes(self) -> int:
         return self.sources["train"].num_classes
 
-    def features(self, representation: Representation, split: str) -> tuple[np.ndarray, np.ndarray]:
-        return self._extract(representation.name, "features", representation.features, split)
-
-    def logits(self, representation: Representation, split: str) -> tuple[np.ndarray, np.ndarray]:
-        return self._extract(representation.name, "logits", representation.logits, split)
-
-    def _extract(self, name: str, kind: str, fn: Callable, split: str) -> tuple[np.ndarray, np.ndarray]:
-        key = (name, kind, split)
+    def outputs(self, representation: Representation, output: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(the representation's `output` for every example of `split`, their labels)."""
+        key = (representation.name, output, split)
         if key not in self._cache:
-            self._cache[key] = self._run(fn, self.sources[split])
+            self._cache[key] = self._run(representation.outputs[output], self.sources[split])
         return self._cache[key]
 
     def _run(self, fn: Callable, source: Source) -> tuple[np.ndarray, np.ndarray]:

@@ -23,12 +23,14 @@ def knn_predict(train_x, train_y, test_x, k: int, temperature: float, num_classe
 
 @EVALUATORS.register("knn")
 class KNN:
+    output = "features"
+
     def __init__(self, k: int = 20, temperature: float = 0.07, chunk: int = 1024):
         self.k, self.temperature, self.chunk = k, temperature, chunk
 
     def __call__(self, representation: Representation, data: EvalData) -> dict[str, float]:
-        train_x, train_y = data.features(representation, "train")
-        test_x, test_y = data.features(representation, "test")
+        train_x, train_y = data.outputs(representation, self.output, "train")
+        test_x, test_y = data.outputs(representation, self.output, "test")
         k = min(self.k, len(train_x))
         predictions = np.concatenate([
             knn_predict(train_x, train_y, test_x[i:i + self.chunk], k, self.temperature, data.num_classes)

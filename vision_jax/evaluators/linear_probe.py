@@ -50,14 +50,16 @@ def fit_linear(x, y, num_classes: int, epochs: int, batch_size: int, lr: float, 
 
 @EVALUATORS.register("linear_probe")
 class LinearProbe:
+    output = "features"
+
     def __init__(self, epochs: int = 30, batch_size: int = 256, lr: float = 0.01, weight_decay: float = 1e-4,
                  min_steps: int = 300):
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.min_steps = min_steps
 
     def __call__(self, representation: Representation, data: EvalData) -> dict[str, float]:
-        train_x, train_y = data.features(representation, "train")
-        test_x, test_y = data.features(representation, "test")
+        train_x, train_y = data.outputs(representation, self.output, "train")
+        test_x, test_y = data.outputs(representation, self.output, "test")
         mean, std = train_x.mean(0), train_x.std(0) + 1e-6
         params = fit_linear((train_x - mean) / std, train_y, data.num_classes, self.epochs, self.batch_size,
                             self.lr, self.weight_decay, self.min_steps)

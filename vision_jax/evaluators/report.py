@@ -6,11 +6,14 @@ from vision_jax.evaluators.features import EvalData, Representation
 
 def evaluate_all(evaluators: dict, representations: list[Representation],
                  data: EvalData) -> dict[str, dict[str, float]]:
-    """{representation name: {'<evaluator>/<metric>': value}}."""
+    """{representation name: {'<evaluator>/<metric>': value}}; an evaluator scores the representations
+    that have the output it reads (`evaluator.output`), and the others' cells stay empty."""
     results = {}
     for representation in representations:
         row = {}
         for name, evaluator in evaluators.items():
+            if evaluator.output not in representation.outputs:
+                continue
             for metric, value in evaluator(representation, data).items():
                 row[f"{name}/{metric}"] = value
         results[representation.name] = row

@@ -9,7 +9,7 @@ import optax
 from flax import nnx
 
 from vision_jax.methods import METHODS
-from vision_jax.methods.base import Method
+from vision_jax.methods.base import LossOutput, Method, MethodSetup, embedding_spread
 from vision_jax.models import ProjectionHead
 
 
@@ -34,23 +34,22 @@ class SimCLRModel(nnx.Module):
 
 @METHODS.register("simclr")
 class SimCLR(Method):
-    def __init__(self, make_encoder, num_classes: int, temperature: float = 0.5,
-                 projection_dim: int = 128, projection_hidden_dim: int = 2048, projection_layers: int = 2):
-        super().__init__(make_encoder, num_classes)
+    def __init__(self, setup: MethodSetup, temperature: float = 0.5, projection_dim: int = 128,
+                 projection_hidden_dim: int = 2048, projection_layers: int = 2):
+        super().__init__(setup)
         self.temperature = temperature
         self.projection_dims = (projection_hidden_dim, projection_dim, projection_layers)
 
-    def init_model(self, rngs: nnx.Rngs) -> SimCLRModel:
+    def build_model(self, rngs: nnx.Rngs) -> SimCLRModel:
         encoder = self.make_encoder(rngs)
         hidden, out, layers = self.projection_dims
         return SimCLRModel(encoder, ProjectionHead(encoder.num_features, hidden, out, layers, rngs=rngs))
 
-    def loss(self, model, batch, rng):
-        del rng
+    def loss(self, model, batch, step):
         views = batch["views"]  # [B, 2, H, W, C]
         n = views.shape[0]
         # One forward over both views, so BatchNorm sees 2B examples, as in the reference.
-        images = jnp.concatenate([views[:, 0], views[:, 1]])
-        z = model.projection(model.encoder(images, train=True), train=True)
+        features = model.encoder(jnp.concatenate([views[:, 0], views[:, 1]]), train=True)
+        z = model.projection(features, train=True)
         loss, accuracy = nt_xent(z[:n], z[n:], self.temperature)
-        return loss, {"loss": loss, "pair_accuracy": accuracy}
+        return LossOutput(loss, {"pair_accuracy": accuracy, **embedding_spread(z)}, probe_features=features[:n])

@@ -1,11 +1,14 @@
-"""Supervised training: cross-entropy of a linear classifier on the encoder."""
+"""Supervised training: cross-entropy of a linear classifier on the encoder.
+
+Labels are class indices [B], or soft labels [B, classes] when batch-level mixup or cutmix made
+them (config.data.batch_pp); label smoothing applies to either.
+"""
 import jax
-import jax.numpy as jnp
-import optax
 from flax import nnx
 
+from vision_jax.errors import ConfigError
 from vision_jax.methods import METHODS
-from vision_jax.methods.base import Method
+from vision_jax.methods.base import LossOutput, Method, MethodSetup, classification_loss
 from vision_jax.models import LinearClassifier
 
 
@@ -20,21 +23,24 @@ class ClassifierModel(nnx.Module):
 
 @METHODS.register("supervised")
 class Supervised(Method):
-    def __init__(self, make_encoder, num_classes: int, label_smoothing: float = 0.0):
-        super().__init__(make_encoder, num_classes)
+    output_names = ("features", "logits")
+
+    def __init__(self, setup: MethodSetup, label_smoothing: float = 0.0):
+        super().__init__(setup)
+        if self.online_probe:
+            raise ConfigError("Supervised training has its own classifier; an online probe would only copy it: "
+                              "set config.online_probe.enabled=False.")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"method.label_smoothing must be in [0, 1), got {label_smoothing}.")
         self.label_smoothing = label_smoothing
 
-    def init_model(self, rngs: nnx.Rngs) -> ClassifierModel:
+    def build_model(self, rngs: nnx.Rngs) -> ClassifierModel:
         return ClassifierModel(self.make_encoder(rngs), self.num_classes, rngs=rngs)
 
-    def loss(self, model, batch, rng):
-        del rng  # no stochastic layers
+    def loss(self, model, batch, step):
         logits = model(batch["image"], train=True)
-        targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes), self.label_smoothing)
-        loss = optax.softmax_cross_entropy(logits, targets).mean()
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-        return loss, {"loss": loss, "accuracy": accuracy}
+        loss, accuracy = classification_loss(logits, batch["label"], self.label_smoothing)
+        return LossOutput(loss, {"accuracy": accuracy})
 
     def predict(self, model: ClassifierModel, images: jax.Array) -> jax.Array:
-        """Class logits in inference mode (used by the classification evaluator)."""
         return model(images, train=False)

@@ -29,14 +29,16 @@ class LinearClassifier(nnx.Module):
 class ProjectionHead(nnx.Module):
     """SimCLR's MLP projection (Chen et al. 2020): (Linear-BN-ReLU) x (num_layers-1), then Linear.
 
-    No BN on the output. SimCLR v1 uses 2 layers, v2 3. The hidden Linears have no bias by default
-    (a bias right before BN is cancelled by its mean subtraction); `hidden_bias=True` keeps one,
-    as BYOL's reference does.
+    SimCLR v1 uses 2 layers, v2 3. The hidden Linears have no bias by default (a bias right before
+    BN is cancelled by its mean subtraction); `hidden_bias=True` keeps one, as BYOL's reference
+    does. No BN on the output unless `output_bn=True`, which adds one without scale and bias
+    (MoCo v3's projector, "following SimCLR's design"); MoCo v3's output Linear has no bias
+    either (`output_bias=False`).
     """
 
     def __init__(self, num_features: int, hidden_dim: int, out_dim: int, num_layers: int = 2,
-                 *, hidden_bias: bool = False, dtype: Dtype = jnp.float32,
-                 param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+                 *, hidden_bias: bool = False, output_bias: bool = True, output_bn: bool = False,
+                 dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
         if num_layers < 1:
             raise ConfigError(f"A projection head needs num_layers >= 1, got {num_layers}.")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -47,12 +49,17 @@ class ProjectionHead(nnx.Module):
                                 for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
         self.norms = nnx.List([BatchNorm(b, **kw) for b in dims[1:]])
         # A single layer maps EMBED to the head's own width (MLP); after hidden layers, MLP to EMBED.
-        self.out = linear(dims[-1], out_dim, (MLP, EMBED) if num_layers > 1 else (EMBED, MLP), **kw)
+        self.out = linear(dims[-1], out_dim, (MLP, EMBED) if num_layers > 1 else (EMBED, MLP),
+                          use_bias=output_bias, **kw)
+        self.out_norm = nnx.data(BatchNorm(out_dim, affine=False, **kw) if output_bn else None)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for layer, norm in zip(self.hidden, self.norms):
             x = nnx.relu(norm(layer(x), use_running_average=not train))
-        return self.out(x).astype(jnp.float32)
+        x = self.out(x)
+        if self.out_norm is not None:
+            x = self.out_norm(x, use_running_average=not train)
+        return x.astype(jnp.float32)
 
 
 class MLPHead(ProjectionHead):
@@ -116,11 +123,14 @@ class DINOHead(nnx.Module):
             x = nnx.gelu(x, approximate=False)  # torch.nn.GELU is the exact (erf) GELU
         return l2_normalize(self.bottleneck(x))
 
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """Prototype logits [B, out_dim], float32."""
+    def prototype_logits(self, z: jax.Array) -> jax.Array:
+        """Prototype logits [B, out_dim], float32, from `embed`'s output."""
         v = self.direction[...].astype(jnp.float32)
         weight = v / jnp.linalg.norm(v, axis=0, keepdims=True)
         if self.gain is not None:
             weight = weight * self.gain[...].astype(jnp.float32)
-        z = self.embed(x, train)
         return jnp.dot(z.astype(self.dtype), weight.astype(self.dtype)).astype(jnp.float32)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Prototype logits [B, out_dim], float32."""
+        return self.prototype_logits(self.embed(x, train))

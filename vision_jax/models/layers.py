@@ -21,18 +21,23 @@ Initializer = Callable[..., jax.Array]
 CONV_KERNEL_AXES = (None, None, CONV_IN, CONV_OUT)
 
 
+def flat_normal(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32, *, mean: float = 0.0,
+                std: float = 1.0) -> jax.Array:
+    """mean + std * N(0, 1) of `shape`, drawn as a flat vector and reshaped.
+
+    The same values as a draw of `shape` (with JAX's default threefry_partitionable, a draw's
+    values depend only on the flat index), but XLA:CPU compiles a 4-D normal draw in 1-6 s per
+    kernel shape and a flat one in about 0.4 s, which made building the small CNN take ~9 s of CPU
+    instead of ~1 s (jax 0.10.2).
+    """
+    return (mean + std * jax.random.normal(key, (math.prod(shape),), jnp.float32)).reshape(shape).astype(dtype)
+
+
 def conv_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
     """He (fan-out) normal init N(0, 2 / (kh * kw * cout)) for HWIO kernels, as torchvision's
-    `kaiming_normal_(mode="fan_out", nonlinearity="relu")` and the SimCLR reference.
-
-    The same values as `variance_scaling(2.0, "fan_out", "normal")` (with JAX's default
-    threefry_partitionable, a draw's values depend only on the flat index), drawn as a flat vector
-    and reshaped: XLA:CPU compiles a 4-D normal draw in 1-6 s per kernel shape and a flat one in
-    about 0.4 s, which made building the small CNN take ~9 s of CPU instead of ~1 s (jax 0.10.2).
-    """
+    `kaiming_normal_(mode="fan_out", nonlinearity="relu")` and the SimCLR reference."""
     fan_out = math.prod(shape[:-2]) * shape[-1]
-    flat = jax.random.normal(key, (math.prod(shape),), jnp.float32)
-    return (math.sqrt(2.0 / fan_out) * flat).reshape(shape).astype(dtype)
+    return flat_normal(key, shape, dtype, std=math.sqrt(2.0 / fan_out))
 
 
 def conv(cin: int, cout: int, kernel: int, stride: int = 1, *, dtype: Dtype = jnp.float32,
@@ -69,8 +74,10 @@ class BatchNorm(nnx.BatchNorm):
 
     def __init__(self, num_features: int, *, dtype: Dtype = jnp.float32,
                  param_dtype: Dtype = jnp.float32,
-                 scale_init: Initializer = nnx.initializers.ones_init(), rngs: nnx.Rngs):
+                 scale_init: Initializer = nnx.initializers.ones_init(), affine: bool = True, rngs: nnx.Rngs):
+        """`affine=False`: no learned scale and bias (PyTorch's BatchNorm1d(affine=False))."""
         super().__init__(num_features, momentum=0.9, epsilon=1e-5, dtype=jnp.float32,
+                         use_scale=affine, use_bias=affine,
                          param_dtype=param_dtype, scale_init=partitioned(scale_init, (NORM,)),
                          bias_init=partitioned(nnx.initializers.zeros_init(), (NORM,)), rngs=rngs)
         self.output_dtype = dtype

@@ -1,0 +1,57 @@
+r"""DINO on CIFAR-10, ResNet-18 with the CIFAR stem: solo-learn's `scripts/pretrain/cifar/dino.yaml`
+settings with DINO's multi-crop scaled to 32 px images.
+
+    python -m vision_jax.train --config=configs/dino_cifar10.py --workdir=/tmp/vj/dino_cifar10
+    # The 2-core CPU budget (small CNN, ~15 min of training):
+    python -m vision_jax.train --config=configs/dino_cifar10.py:cpu_budget --workdir=/tmp/vj/dino_cifar10_cpu
+    python -m vision_jax.train --config=configs/dino_cifar10.py:runlocal --workdir=/tmp/vj/smoke
+
+solo-learn's settings: batch 256, 1000 epochs, LARS (lr 0.3, weight decay 1e-6, eta 0.02, biases
+and BatchNorm excluded), 10 warmup epochs then cosine, teacher momentum from 0.9995 to 1, a head of
+2048 hidden, 256 bottleneck and 4096 prototypes (weight-normalized, frozen in epoch 1), student
+temperature 0.1, teacher temperature 0.04 -> 0.07. Multi-crop (Caron et al. 2021, section 3.1):
+2 global crops of 32 px (scale 0.25-1) and `num_local` crops of 16 px (scale 0.05-0.25), each
+resolution one encoder pass. The teacher is evaluated. 45,000 images train; 5,000 are held out.
+"""
+import common
+from vision_jax.config import default_config, parse_arg
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, data_root=common.SHARED_CIFAR_ZIP, runlocal=False, cpu_budget=False, epochs=1000,
+                    num_local=-1, seed=0)
+    # 6 local crops as in DINO; 2 under the CPU budget, where each local crop costs training steps.
+    num_local = arg.num_local if arg.num_local >= 0 else (2 if arg.cpu_budget else 6)
+    c = default_config()
+    c.seed = arg.seed
+    c.batch_size = 256
+    steps_per_epoch = common.CIFAR_TRAIN_EXAMPLES // c.batch_size
+    c.total_steps = arg.epochs * steps_per_epoch
+    c.log_every = 100
+    c.eval_every = 20 * steps_per_epoch
+
+    common.cifar_resnet18(c)
+    common.cifar10(c, arg.data_root, dict(name="dino", global_size=32, global_scale=(0.25, 1.0),
+                                          num_local=num_local, local_size=16, local_scale=(0.05, 0.25)))
+    c.method = dict(name="dino", out_dim=4096, hidden_dim=2048, bottleneck_dim=256, base_momentum=0.9995,
+                    student_temp=0.1, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=10,
+                    freeze_last_layer_epochs=1.0)
+    c.optimizer.name = "lars"
+    c.optimizer.lr = 0.3 * c.batch_size / 256
+    c.optimizer.weight_decay = 1e-6
+    c.optimizer.trust_coefficient = 0.02
+    c.optimizer.warmup_steps = 10 * steps_per_epoch
+    c.online_probe = dict(enabled=True, lr=0.1)
+    c.evaluators.classification = {}
+    c.checkpoint.every_steps = 1000
+
+    if arg.cpu_budget:
+        common.cpu_budget(c, steps=900)
+        c.method.update(out_dim=1024, hidden_dim=512, bottleneck_dim=128, base_momentum=0.99,
+                        warmup_teacher_temp_epochs=2)
+        c.optimizer.grad_clip_norm = 3.0
+        c.optimizer.grad_clip_mode = "per_parameter"
+        c.online_probe.lr = 2e-3
+    if arg.runlocal:
+        common.runlocal(c)
+    return c

@@ -1,0 +1,40 @@
+r"""BYOL, MoCo v3 or DINO on scikit-learn's digits with the small CNN: the teacher-student methods
+on the main job's data, optimizer and evaluation (configs/simclr_digits.py), in a few minutes
+on 2 CPU cores.
+
+    python -m vision_jax.train --config=configs/ssl_digits.py:method=byol --workdir=/tmp/vj/byol_digits
+    python -m vision_jax.train --config=configs/ssl_digits.py:method=dino,runlocal --workdir=/tmp/vj/smoke
+
+Heads are small (512 hidden), the EMA momentum starts at 0.99 (runs of hundreds of steps), and
+the views are SimCLR's digit views (no flip), two per image; DINO adds 4 local crops of 8 px.
+An online linear probe trains beside each method.
+"""
+import simclr_digits
+from vision_jax.config import parse_arg
+from vision_jax.errors import ConfigError
+
+METHODS = {
+    "byol": dict(name="byol", base_momentum=0.99, projection_hidden_dim=512, projection_dim=64,
+                 prediction_hidden_dim=512),
+    "mocov3": dict(name="mocov3", temperature=0.2, base_momentum=0.99, hidden_dim=512, projection_dim=64),
+    "dino": dict(name="dino", out_dim=1024, hidden_dim=512, bottleneck_dim=64, base_momentum=0.99,
+                 warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=5),
+}
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, method="byol", runlocal=False, steps=800, seed=0)
+    if arg.method not in METHODS:
+        raise ConfigError(f"ssl_digits: method={arg.method!r} is not one of {', '.join(METHODS)} "
+                          f"(SimCLR's recipe is configs/simclr_digits.py).")
+    c = simclr_digits.get_config(f"runlocal={arg.runlocal},steps={arg.steps},seed={arg.seed}")
+    c.method = METHODS[arg.method]
+    views = dict(crop_scale=(0.3, 1.0), flip=False, jitter_strength=0.5)
+    if arg.method == "dino":
+        c.data.augment = dict(name="dino", global_size=16, global_scale=(0.3, 1.0), num_local=4, local_size=8,
+                              local_scale=(0.1, 0.3), flip=False)
+    else:
+        c.data.augment = dict(name="simclr", **views)
+    c.online_probe = dict(enabled=True, lr=2e-3)
+    c.evaluators.classification = {}  # scores the online probe
+    return c

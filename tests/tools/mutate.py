@@ -1,0 +1,260 @@
+"""Mutation testing, on demand: injects plausible bugs, one at a time, into a temporary copy of the
+repository and runs the test files that should catch each; reports the bugs no test caught.
+
+    python tests/tools/mutate.py                          # all of them (tens of minutes on 2 cores)
+    python tests/tools/mutate.py --only knn linear_probe  # names starting with these
+    python tests/tools/mutate.py --list
+
+Each set of test files first runs on the unmutated copy: a mutation only counts as caught when
+its tests pass without it ('baseline fails' otherwise). The copy sits beside a link to ../shared
+when there is one, so the tests see the data they see here. Not part of the test suite (pytest
+collects only test_*.py). A mutation whose original text is no longer found exactly once in its
+file is reported 'stale': update MUTATIONS when the code moves.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str  # relative to the repository root
+    original: str  # must occur exactly once in the file
+    mutated: str
+    tests: tuple[str, ...]  # test files (or node ids) that should catch it, fastest first
+    note: str = ""
+
+
+EVAL = ("tests/test_evaluators.py",)
+CKPT = ("tests/test_checkpoint.py",)
+OPTIM = ("tests/test_optim.py",)
+OPTIONS_RESNET = ("tests/test_model_options.py", "tests/test_models.py")
+OPTIONS_VIT = ("tests/test_model_options.py", "tests/test_vit.py")
+SHARDING = ("tests/test_parallel.py",)
+METHODS = ("tests/test_methods.py",)
+TRAINER = ("tests/test_trainer.py",)
+
+MUTATIONS = [
+    # --- evaluators
+    Mutation("knn_unweighted_votes", "vision_jax/evaluators/knn.py",
+             " * jnp.exp(top_similarity / temperature)[..., None]", "", EVAL, "every neighbour counts 1"),
+    Mutation("knn_k_minus_1", "vision_jax/evaluators/knn.py",
+             "k = min(self.k, len(train_x))", "k = min(self.k, len(train_x)) - 1", EVAL),
+    Mutation("knn_temperature_multiplies", "vision_jax/evaluators/knn.py",
+             "jnp.exp(top_similarity / temperature)", "jnp.exp(top_similarity * temperature)", EVAL),
+    Mutation("knn_dot_product", "vision_jax/evaluators/knn.py",
+             "similarity = normalize(test_x) @ normalize(train_x).T", "similarity = test_x @ train_x.T", EVAL,
+             "no cosine normalization"),
+    Mutation("knn_train_features_not_normalized", "vision_jax/evaluators/knn.py",
+             "normalize(test_x) @ normalize(train_x).T", "normalize(test_x) @ train_x.T", EVAL),
+    Mutation("knn_test_features_not_normalized", "vision_jax/evaluators/knn.py",
+             "normalize(test_x) @ normalize(train_x).T", "test_x @ normalize(train_x).T", EVAL),
+    Mutation("linear_probe_test_statistics", "vision_jax/evaluators/linear_probe.py",
+             "logits = ((test_x - mean) / std)", "logits = ((test_x - test_x.mean(0)) / (test_x.std(0) + 1e-6))",
+             EVAL, "test features standardized with their own mean and std"),
+    Mutation("linear_probe_one_more_epoch", "vision_jax/evaluators/linear_probe.py",
+             "epochs = max(epochs, -(-min_steps // steps_per_epoch))",
+             "epochs = max(epochs + 1, -(-min_steps // steps_per_epoch))", EVAL),
+    Mutation("linear_probe_half_the_epochs", "vision_jax/evaluators/linear_probe.py",
+             "epochs = max(epochs, -(-min_steps // steps_per_epoch))",
+             "epochs = max(epochs // 2, -(-min_steps // steps_per_epoch))", EVAL),
+    Mutation("linear_probe_min_steps_ignored", "vision_jax/evaluators/linear_probe.py",
+             "epochs = max(epochs, -(-min_steps // steps_per_epoch))", "epochs = epochs", EVAL),
+    Mutation("linear_probe_no_weight_decay", "vision_jax/evaluators/linear_probe.py",
+             '\n                + 0.5 * weight_decay * jnp.sum(p["w"] ** 2))', ")", EVAL),
+    Mutation("classification_scored_on_train_split", "vision_jax/evaluators/classification.py",
+             'data.logits(representation, "test")', 'data.logits(representation, "train")', EVAL),
+    Mutation("eval_padding_kept", "vision_jax/evaluators/features.py",
+             "keep = np.concatenate(masks) > 0", "keep = np.concatenate(masks) >= 0", EVAL,
+             "the padded slots of the last batch are scored"),
+    # --- checkpoints
+    Mutation("checkpoint_zeroed_rng", "vision_jax/checkpoint.py",
+             "state=ocp.args.StandardSave(state)",
+             'state=ocp.args.StandardSave({**state, "rng": jax.numpy.zeros_like(state["rng"])})', CKPT),
+    Mutation("checkpoint_zeroed_rng_resume_test_only", "vision_jax/checkpoint.py",
+             "state=ocp.args.StandardSave(state)",
+             'state=ocp.args.StandardSave({**state, "rng": jax.numpy.zeros_like(state["rng"])})',
+             ("tests/test_resume.py",), "the resume test alone (about 3 minutes)"),
+    Mutation("checkpoint_keeps_one_more", "vision_jax/checkpoint.py",
+             "max_to_keep=keep,", "max_to_keep=keep + 1,", CKPT),
+    Mutation("checkpoint_every_step", "vision_jax/checkpoint.py",
+             "save_interval_steps=every_steps or None,", "save_interval_steps=1,", CKPT),
+    # --- models
+    Mutation("resnet_zero_init_not_passed_to_blocks", "vision_jax/models/resnet.py",
+             "block_cls(cin, width, stride, zero_init_last_bn=zero_init_last_bn, **kw)",
+             "block_cls(cin, width, stride, zero_init_last_bn=False, **kw)", OPTIONS_RESNET),
+    Mutation("resnet_zero_init_on_first_bn", "vision_jax/models/resnet.py",
+             "self.conv1, self.bn1 = conv(cin, width, 3, stride, **kw), BatchNorm(width, **kw)",
+             "self.conv1, self.bn1 = conv(cin, width, 3, stride, **kw), "
+             "BatchNorm(width, scale_init=_last_bn_init(zero_init_last_bn), **kw)", OPTIONS_RESNET),
+    Mutation("vit_factory_ignores_pool", "vision_jax/models/vit.py",
+             "image_size=image_size, pool=pool, posemb=posemb,", 'image_size=image_size, pool="cls", posemb=posemb,',
+             OPTIONS_VIT),
+    Mutation("vit_factory_ignores_drop_path_rate", "vision_jax/models/vit.py",
+             "posemb=posemb, drop_path_rate=drop_path_rate,", "posemb=posemb, drop_path_rate=0.0,", OPTIONS_VIT),
+    Mutation("vit_factory_ignores_remat", "vision_jax/models/vit.py",
+             "num_classes=num_classes, remat=remat,", "num_classes=num_classes, remat=False,", OPTIONS_VIT),
+    Mutation("vit_same_drop_path_in_every_block", "vision_jax/models/vit.py",
+             "rates = np.linspace(0.0, drop_path_rate, depth)", "rates = np.full(depth, drop_path_rate)", OPTIONS_VIT),
+    Mutation("vit_layer_scale_not_passed_to_blocks", "vision_jax/models/vit.py",
+             "layer_scale_init=layer_scale_init, attention_impl=attention_impl,",
+             "layer_scale_init=None, attention_impl=attention_impl,", OPTIONS_VIT),
+    Mutation("vit_attention_impl_ignored", "vision_jax/models/vit.py",
+             "jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)",
+             "jax.nn.dot_product_attention(q, k, v)", OPTIONS_VIT),
+    Mutation("dcgan_generator_ignores_channels", "vision_jax/models/dcgan.py",
+             "for i in range(n)] + [channels]", "for i in range(n)] + [3]", ("tests/test_model_options.py",)),
+    Mutation("conv_ignores_compute_dtype", "vision_jax/models/layers.py",
+             "kernel_init=partitioned(kernel_init, CONV_KERNEL_AXES),\n                    dtype=dtype,",
+             "kernel_init=partitioned(kernel_init, CONV_KERNEL_AXES),\n                    dtype=jnp.float32,",
+             ("tests/test_model_options.py", "tests/test_models.py")),
+    Mutation("batch_norm_momentum", "vision_jax/models/layers.py",
+             "momentum=0.9, epsilon=1e-5", "momentum=0.99, epsilon=1e-5", ("tests/test_models.py",)),
+    Mutation("batch_norm_epsilon", "vision_jax/models/layers.py",
+             "momentum=0.9, epsilon=1e-5", "momentum=0.9, epsilon=1e-3", ("tests/test_models.py",)),
+    # --- sharding
+    Mutation("vit_fc2_axis_names_swapped", "vision_jax/models/vit.py",
+             "self.fc2 = Dense((mlp_dim,), (width,), (MLP, EMBED),", "self.fc2 = Dense((mlp_dim,), (width,), (EMBED, MLP),",
+             ("tests/test_vit.py", *SHARDING)),
+    Mutation("small_arrays_sharded", "vision_jax/parallel.py",
+             "MIN_SHARDED_SIZE = 2**14", "MIN_SHARDED_SIZE = 2**8", SHARDING),
+    Mutation("tensor_parallel_leaves_mlp_whole", "vision_jax/parallel.py",
+             '"tensor_parallel": {axes.HEADS: "model", axes.MLP: "model"},', '"tensor_parallel": {axes.HEADS: "model"},',
+             SHARDING),
+    # --- optimizer and schedule
+    Mutation("schedule_at_count_plus_1", "vision_jax/optim.py",
+             "    schedule = learning_rate_schedule(opt_config, total_steps)\n    name,",
+             "    schedule = (lambda s: lambda count: s(count + 1))(learning_rate_schedule(opt_config, total_steps))\n"
+             "    name,", OPTIM),
+    Mutation("logged_lr_at_step_plus_1", "vision_jax/trainer.py",
+             '"learning_rate": self.schedule(state["step"])', '"learning_rate": self.schedule(state["step"] + 1)', OPTIM),
+    Mutation("warmup_one_step_longer", "vision_jax/optim.py",
+             "optax.warmup_cosine_decay_schedule(0.0, opt_config.lr, warmup, max(total_steps, warmup + 1))",
+             "optax.warmup_cosine_decay_schedule(0.0, opt_config.lr, warmup + 1, max(total_steps, warmup + 2))", OPTIM),
+    Mutation("cosine_ends_at_total_minus_warmup", "vision_jax/optim.py",
+             "max(total_steps, warmup + 1))", "max(total_steps - warmup, warmup + 1))", OPTIM),
+    Mutation("constant_schedule_warmup_doubled", "vision_jax/optim.py",
+             "optax.linear_schedule(0.0, opt_config.lr, max(warmup, 1))",
+             "optax.linear_schedule(0.0, opt_config.lr, 2 * max(warmup, 1))", OPTIM),
+    Mutation("sgd_momentum_ignored", "vision_jax/optim.py",
+             "optax.sgd(schedule, momentum=opt_config.momentum, nesterov=False)",
+             "optax.sgd(schedule, momentum=None, nesterov=False)", OPTIM),
+    Mutation("sgd_nesterov", "vision_jax/optim.py", "momentum=opt_config.momentum, nesterov=False",
+             "momentum=opt_config.momentum, nesterov=True", OPTIM),
+    Mutation("weight_decay_on_biases", "vision_jax/optim.py",
+             "lambda p: p.ndim > 1", "lambda p: p.ndim >= 1", OPTIM),
+    Mutation("lars_trust_ratio_on_biases", "vision_jax/optim.py",
+             "trust_ratio_mask=_decay_mask", "trust_ratio_mask=True", OPTIM),
+    Mutation("gradient_clipping_ignored", "vision_jax/optim.py",
+             "if opt_config.grad_clip_norm > 0:", "if opt_config.grad_clip_norm > 1e30:", OPTIM),
+    # --- methods and the train step (the lead's redesign area: survivors are reported, not fixed here)
+    Mutation("simclr_temperature_ignored", "vision_jax/methods/simclr.py",
+             "nt_xent(z[:n], z[n:], self.temperature)", "nt_xent(z[:n], z[n:], 0.5)", METHODS),
+    Mutation("simclr_self_similarity_unmasked", "vision_jax/methods/simclr.py",
+             "logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)", "logits = logits", METHODS),
+    Mutation("supervised_label_smoothing_ignored", "vision_jax/methods/supervised.py",
+             "self.num_classes), self.label_smoothing)", "self.num_classes), 0.0)", (*METHODS, *TRAINER)),
+    Mutation("train_step_rng_not_folded_with_step", "vision_jax/trainer.py",
+             'rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])',
+             'rng = jax.random.wrap_key_data(state["rng"])', ("tests/test_device_augment.py", *TRAINER),
+             "the same on-device views at every step"),
+    Mutation("batch_norm_statistics_not_carried", "vision_jax/trainer.py",
+             '"model_state": model_state, "opt_state": opt_state,', '"model_state": state["model_state"], '
+             '"opt_state": opt_state,', TRAINER),
+]
+
+
+def copy_repository(destination: Path) -> None:
+    """Tracked files and untracked ones git does not ignore (what a commit would hold)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+
+
+def run_tests(workdir: Path, tests: tuple[str, ...], timeout: int) -> tuple[str, str, float]:
+    """(result, first failing test, seconds): result is 'passed', 'failed' or 'timeout'."""
+    env = dict(os.environ, PYTHONPATH=str(workdir), JAX_PLATFORMS="cpu")
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", "", time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if result.returncode == 0:
+        return "passed", "", seconds
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, re.MULTILINE)
+    return "failed", failed[0] if failed else f"pytest exit {result.returncode}", seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=[], help="run the mutations whose names start with these")
+    parser.add_argument("--list", action="store_true", help="list the mutations (marking stale ones) and exit")
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds per mutation")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or any(m.name.startswith(p) for p in args.only)]
+    if args.list:
+        for m in chosen:
+            stale = "" if (REPO / m.path).read_text().count(m.original) == 1 else " (stale)"
+            print(f"{m.name:45s} {m.path:40s} {' '.join(m.tests)}{stale}")
+        return
+    if not chosen:
+        sys.exit(f"No mutation name starts with {args.only}; see --list.")
+
+    rows, baseline = [], {}
+    with tempfile.TemporaryDirectory(prefix="vision_jax_mutants_") as tmp:
+        workdir = Path(tmp) / REPO.name
+        copy_repository(workdir)
+        if (REPO.parent / "shared").is_dir():
+            (Path(tmp) / "shared").symlink_to(REPO.parent / "shared")
+        for mutation in chosen:
+            target = workdir / mutation.path
+            original = target.read_text()
+            if mutation.tests not in baseline:
+                baseline[mutation.tests] = run_tests(workdir, mutation.tests, args.timeout)
+                print(f"baseline {' '.join(mutation.tests)}: {baseline[mutation.tests][0]} "
+                      f"{baseline[mutation.tests][1]}", flush=True)
+            if original.count(mutation.original) != 1:
+                rows.append((mutation, "stale", "", 0.0))
+            elif baseline[mutation.tests][0] != "passed":
+                rows.append((mutation, "baseline fails", baseline[mutation.tests][1], 0.0))
+            else:
+                target.write_text(original.replace(mutation.original, mutation.mutated))
+                try:
+                    result, first_failure, seconds = run_tests(workdir, mutation.tests, args.timeout)
+                finally:
+                    target.write_text(original)
+                outcome = {"passed": "survived", "failed": "caught"}.get(result, result)
+                rows.append((mutation, outcome, first_failure, seconds))
+            outcome, caught_by, seconds = rows[-1][1:]
+            print(f"{mutation.name}: {outcome} {caught_by} ({seconds:.0f} s)", flush=True)
+
+    print("\n| mutation | file | outcome | first failing test | s |\n|---|---|---|---|---|")
+    for mutation, outcome, caught_by, seconds in rows:
+        print(f"| {mutation.name} | {mutation.path} | {outcome} | {caught_by} | {seconds:.0f} |")
+    caught = sum(outcome == "caught" for _, outcome, _, _ in rows)
+    print(f"\nCaught {caught} of {len(rows)}.")
+    for mutation, outcome, _, _ in rows:
+        if outcome != "caught":
+            print(f"  {outcome}: {mutation.name} ({mutation.path}) {mutation.note}".rstrip())
+
+
+if __name__ == "__main__":
+    main()
