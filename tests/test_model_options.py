@@ -29,6 +29,7 @@ OPTION_TESTS = {
     ("resnet", "num_classes"): ("test_model_options.py", "test_num_classes_adds_a_classifier_of_that_size"),
     ("resnet", "remat"): ("test_models.py", "test_remat_gives_identical_outputs_batch_stats_and_gradients"),
     ("vit", "variant"): ("test_vit.py", "test_parameter_counts_equal_timm"),
+    ("vit", "depth"): ("test_vit.py", "test_depth_option_builds_that_many_blocks"),
     ("vit", "patch_size"): ("test_vit.py", "test_patch_size_changes_only_patch_embedding_and_position_embedding"),
     ("vit", "image_size"): ("test_model_options.py", "test_vit_image_size_sets_the_position_embedding_grid"),
     ("vit", "pool"): ("test_model_options.py", "test_vit_pool_cls_takes_the_cls_token_and_gap_averages_patches"),

@@ -115,6 +115,17 @@ def param_count_of(shapes: dict) -> int:
     return sum(int(np.prod(s)) for s in shapes.values())
 
 
+def test_depth_option_builds_that_many_blocks():
+    # One ViT-S block, counted by hand: 2 LayerNorms (2 x 2 x 384), qkv (384 x 1152 + 1152),
+    # projection (384 x 384 + 384), MLP (384 x 1536 + 1536 and 1536 x 384 + 384).
+    per_block = 2 * 2 * 384 + (384 * 1152 + 1152) + (384 * 384 + 384) + (384 * 1536 + 1536) + (1536 * 384 + 384)
+    six = abstract_vit(variant="S", depth=6)
+    assert len(six.blocks) == 6
+    assert param_count(abstract_vit(variant="S")) - param_count(six) == 6 * per_block
+    with pytest.raises(ConfigError, match="depth"):
+        MODELS.build("vit", {"variant": "S", "depth": -1}, rngs=nnx.Rngs(0))
+
+
 def test_every_parameter_has_one_logical_name_per_dimension():
     model = nnx.eval_shape(lambda: tiny(num_classes=10, layer_scale_init=0.1))
     decoder = nnx.eval_shape(lambda: MAEDecoder(32, (4, 4), 4, decoder_width=16, decoder_depth=1, decoder_heads=2,

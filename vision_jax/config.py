@@ -128,6 +128,10 @@ def default_config() -> ConfigDict:
     # matmuls are emulated and slower). Normalization statistics, softmax and losses stay float32.
     c.precision.compute = "auto"
     c.precision.params = "float32"  # storage dtype of parameters and optimizer state
+
+    # Convolutions (models/conv.py): 'auto' is 'cpu' on one CPU device (XLA's forward pass and input
+    # gradient, a faster kernel gradient) and XLA's convolution elsewhere; 'xla' | 'cpu' force one.
+    c.conv_impl = "auto"
     return c
 
 

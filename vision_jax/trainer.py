@@ -39,7 +39,7 @@ from vision_jax.evaluators.report import evaluate_all, format_table
 from vision_jax.logs import CollapseMonitor, MetricLogger
 from vision_jax.methods import METHODS
 from vision_jax.methods.base import MethodSetup, OnlineProbe
-from vision_jax.models import MODELS
+from vision_jax.models import MODELS, conv
 from vision_jax.models.flops import model_flops
 from vision_jax.models.pretrained import load_timm_weights
 from vision_jax.registry import options_of
@@ -72,6 +72,7 @@ class Run:
                               f"({config.batch_size}) into microbatches that the {self.mesh.shape['data']} devices "
                               f"divide; use a divisor of {config.batch_size // self.mesh.shape['data']}.")
 
+        conv.set_conv_impl(config.conv_impl)  # read when the step is traced
         model_name, model_options = config.model.name, options_of(config.model)
         MODELS.get(model_name)  # fail early on an unknown name, before building the method
         dtypes = {"dtype": precision.compute_dtype(config.precision.compute),

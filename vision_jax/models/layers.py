@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vision_jax.models import conv as conv_impl
 from vision_jax.models.axes import CONV_IN, CONV_OUT, NORM, partitioned
 
 Dtype = Any
@@ -20,27 +21,36 @@ Initializer = Callable[..., jax.Array]
 CONV_KERNEL_AXES = (None, None, CONV_IN, CONV_OUT)
 
 
+def flat_normal(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32, *, mean: float = 0.0,
+                std: float = 1.0) -> jax.Array:
+    """mean + std * N(0, 1) of `shape`, drawn as a flat vector and reshaped.
+
+    The same values as a draw of `shape` (with JAX's default threefry_partitionable, a draw's
+    values depend only on the flat index), but XLA:CPU compiles a 4-D normal draw in 1-6 s per
+    kernel shape and a flat one in about 0.4 s, which made building the small CNN take ~9 s of CPU
+    instead of ~1 s (jax 0.10.2).
+    """
+    return (mean + std * jax.random.normal(key, (math.prod(shape),), jnp.float32)).reshape(shape).astype(dtype)
+
+
 def conv_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
     """He (fan-out) normal init N(0, 2 / (kh * kw * cout)) for HWIO kernels, as torchvision's
-    `kaiming_normal_(mode="fan_out", nonlinearity="relu")` and the SimCLR reference.
-
-    The same values as `variance_scaling(2.0, "fan_out", "normal")` (with JAX's default
-    threefry_partitionable, a draw's values depend only on the flat index), drawn as a flat vector
-    and reshaped: XLA:CPU compiles a 4-D normal draw in 1-6 s per kernel shape and a flat one in
-    about 0.4 s, which made building the small CNN take ~9 s of CPU instead of ~1 s (jax 0.10.2).
-    """
+    `kaiming_normal_(mode="fan_out", nonlinearity="relu")` and the SimCLR reference."""
     fan_out = math.prod(shape[:-2]) * shape[-1]
-    flat = jax.random.normal(key, (math.prod(shape),), jnp.float32)
-    return (math.sqrt(2.0 / fan_out) * flat).reshape(shape).astype(dtype)
+    return flat_normal(key, shape, dtype, std=math.sqrt(2.0 / fan_out))
 
 
 def conv(cin: int, cout: int, kernel: int, stride: int = 1, *, dtype: Dtype = jnp.float32,
          param_dtype: Dtype = jnp.float32, kernel_init: Initializer = conv_init,
          rngs: nnx.Rngs) -> nnx.Conv:
-    """A bias-free square convolution padded by kernel // 2 on each side, as torchvision's."""
+    """A bias-free square convolution padded by kernel // 2 on each side, as torchvision's.
+
+    It runs `models/conv.py`'s convolution: XLA's, or on CPU one with a faster kernel gradient.
+    """
     return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride), padding=kernel // 2,
                     use_bias=False, kernel_init=partitioned(kernel_init, CONV_KERNEL_AXES),
-                    dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                    dtype=dtype, param_dtype=param_dtype, conv_general_dilated=conv_impl.conv_general_dilated,
+                    rngs=rngs)
 
 
 def linear(din: int, dout: int, names: tuple[str | None, str | None], *, use_bias: bool = True,

@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from vision_jax.errors import ConfigError
-from vision_jax.models import MODELS
+from vision_jax.models import MODELS, conv
 from vision_jax.models.axes import (
     CLASSES,
     CONV_IN,
@@ -295,7 +295,7 @@ class PatchEmbedding(nnx.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         """[B, H, W, 3] -> [B, H/p, W/p, width]."""
         p = self.patch_size
-        y = jax.lax.conv_general_dilated(images.astype(self.dtype), self.kernel[...].astype(self.dtype),
+        y = conv.conv_general_dilated(images.astype(self.dtype), self.kernel[...].astype(self.dtype),
                                          window_strides=(p, p), padding="VALID",
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + self.bias[...].astype(self.dtype)
@@ -421,12 +421,16 @@ def _check_options(width, heads, patch_size, image_size, pool, posemb, drop_path
 @MODELS.register("vit")
 def vit(variant: str = "B", patch_size: int = 16, image_size: int = 224, pool: str = "cls",
         posemb: str = "learned", drop_path_rate: float = 0.0, layer_scale_init: float | None = None,
-        num_classes: int = 0, remat: bool = False, attention_impl: str = "auto", *, rngs: nnx.Rngs,
-        dtype=jnp.float32, param_dtype=jnp.float32) -> VisionTransformer:
-    """ViT-{Ti,S,B,L,H}/`patch_size`; see `VisionTransformer` and the module docstring."""
+        num_classes: int = 0, remat: bool = False, attention_impl: str = "auto", depth: int = 0, *,
+        rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32) -> VisionTransformer:
+    """ViT-{Ti,S,B,L,H}/`patch_size`; `depth` > 0 overrides the variant's number of blocks (e.g. a
+    6-block ViT-S for small images). See `VisionTransformer` and the module docstring."""
     if variant not in VARIANTS:
         raise ConfigError(f"ViT variant {variant!r} is unknown; choose one of {', '.join(VARIANTS)}.")
-    width, depth, heads, mlp_dim = VARIANTS[variant]
+    if not isinstance(depth, int) or depth < 0:
+        raise ConfigError(f"ViT depth must be 0 (the variant's) or a positive number of blocks, got {depth!r}.")
+    width, variant_depth, heads, mlp_dim = VARIANTS[variant]
+    depth = depth or variant_depth
     return VisionTransformer(width=width, depth=depth, heads=heads, mlp_dim=mlp_dim, patch_size=patch_size,
                              image_size=image_size, pool=pool, posemb=posemb, drop_path_rate=drop_path_rate,
                              layer_scale_init=layer_scale_init, num_classes=num_classes, remat=remat,

@@ -1,0 +1,197 @@
+"""The models' convolution (models/conv.py) computes what jax.lax.conv_general_dilated computes.
+
+The reference is XLA's convolution and its autodiff gradients; the 'cpu' impl must give the same
+forward outputs and the same gradients for the input and the kernel, to float32 rounding, for
+every kind of convolution the models contain, and a whole ResNet-18 must train the same way
+under either impl. The 'xla' impl (what GPU/TPU get) must stay XLA's convolution, gradients included.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from test_models import abstract, materialize
+from vision_jax import config as config_lib
+from vision_jax.errors import ConfigError
+from vision_jax.models import MODELS, conv
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+# (input shape, kernel shape, strides, padding, kernel dilation[, input dilation]): the models'
+# convolutions, small. An input dilated by s is a transposed convolution with stride s.
+CASES = {
+    "3x3 s1 (ResNet, CNN)": ((2, 8, 8, 5), (3, 3, 5, 6), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    "3x3 s2 (ResNet, CNN)": ((2, 9, 9, 5), (3, 3, 5, 6), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    "1x1 s1 (ResNet-50)": ((2, 6, 6, 5), (1, 1, 5, 6), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    "1x1 s2 (ResNet shortcut)": ((2, 8, 8, 5), (1, 1, 5, 6), (2, 2), ((0, 0), (0, 0)), (1, 1)),
+    "7x7 s2 (ResNet ImageNet stem)": ((2, 16, 16, 3), (7, 7, 3, 6), (2, 2), ((3, 3), (3, 3)), (1, 1)),
+    "4x4 s2 p1 (DCGAN discriminator)": ((2, 8, 8, 3), (4, 4, 3, 6), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    "4x4 s1 VALID (DCGAN logit)": ((2, 4, 4, 5), (4, 4, 5, 1), (1, 1), "VALID", (1, 1)),
+    "4x4 s4 VALID (ViT patches)": ((2, 8, 8, 3), (4, 4, 3, 6), (4, 4), "VALID", (1, 1)),
+    "3x3 SAME": ((2, 7, 7, 5), (3, 3, 5, 6), (1, 1), "SAME", (1, 1)),
+    "3x3 dilation 2": ((2, 9, 9, 5), (3, 3, 5, 6), (1, 1), ((2, 2), (2, 2)), (2, 2)),
+    "3x3 asymmetric padding": ((2, 8, 8, 5), (3, 3, 5, 6), (2, 1), ((0, 2), (1, 0)), (1, 1)),
+    "transposed 4x4 s2 (DCGAN generator)": ((2, 4, 4, 6), (4, 4, 6, 5), (1, 1), ((2, 2), (2, 2)), (1, 1), (2, 2)),
+    "transposed 4x4 on 1x1 (DCGAN projection)": ((2, 1, 1, 6), (4, 4, 6, 5), (1, 1), ((3, 3), (3, 3)), (1, 1), (1, 1)),
+    "transposed 3x3 s2 odd padding": ((2, 5, 5, 6), (3, 3, 6, 5), (1, 1), ((2, 1), (1, 2)), (1, 1), (2, 2)),
+}
+
+
+@pytest.fixture
+def impl():
+    """Sets the conv impl for the test; restores 'auto' after it."""
+    yield conv.set_conv_impl
+    conv.set_conv_impl("auto")
+
+
+def randn(shape, seed, dtype=jnp.float32):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), dtype)
+
+
+def value_and_grads(conv_fn, x, kernel, strides, padding, dilation, input_dilation=(1, 1)):
+    """A nonlinear loss of the conv output, its value and its gradients for the input and kernel."""
+    def loss(x, kernel):
+        y = conv_fn(x, kernel, strides, padding, lhs_dilation=input_dilation, rhs_dilation=dilation,
+                    dimension_numbers=NHWC)
+        return jnp.sum(jnp.sin(y.astype(jnp.float32)) * jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape) / y.size), y
+
+    # A fresh function per call: the impl is read when jit traces, and jit caches per function.
+    (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, kernel)
+    return y, grads
+
+
+def assert_close(actual, expected, rtol):
+    scale = float(jnp.max(jnp.abs(expected.astype(jnp.float32))))
+    np.testing.assert_allclose(np.asarray(actual, np.float32), np.asarray(expected, np.float32), rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cpu_impl_equals_xla_reference(case, impl):
+    x_shape, kernel_shape, *geometry = CASES[case]
+    x, kernel = randn(x_shape, 0), randn(kernel_shape, 1)
+    y_ref, (dx_ref, dk_ref) = value_and_grads(jax.lax.conv_general_dilated, x, kernel, *geometry)
+    impl("cpu")
+    y, (dx, dk) = value_and_grads(conv.conv_general_dilated, x, kernel, *geometry)
+    assert y.shape == y_ref.shape and dk.shape == kernel.shape
+    assert_close(y, y_ref, 1e-6)
+    assert_close(dx, dx_ref, 1e-6)
+    assert_close(dk, dk_ref, 1e-5)  # a sum over every output pixel, in another order
+
+
+def test_kernel_gradient_summed_over_several_chunks(impl, monkeypatch):
+    """A batch split into chunks (the scan) gives the same kernel gradient as the reference."""
+    x_shape, kernel_shape, strides, padding, dilation = CASES["3x3 s2 (ResNet, CNN)"]
+    x, kernel = randn((6, *x_shape[1:]), 0), randn(kernel_shape, 1)
+    _, (_, dk_ref) = value_and_grads(jax.lax.conv_general_dilated, x, kernel, strides, padding, dilation)
+    impl("cpu")
+    bytes_per_image = 5 * 5 * 3 * 3 * 5 * 4  # output pixels x kernel taps x input channels x float32
+    monkeypatch.setattr(conv, "_CHUNK_BYTES", 2 * bytes_per_image)
+    assert conv._images_per_chunk(6, bytes_per_image) == 2
+    _, (_, dk) = value_and_grads(conv.conv_general_dilated, x, kernel, strides, padding, dilation)
+    assert_close(dk, dk_ref, 1e-5)
+
+
+def test_bfloat16_matches_float32_reference_to_bfloat16_precision(impl):
+    x_shape, kernel_shape, strides, padding, dilation = CASES["3x3 s1 (ResNet, CNN)"]
+    x, kernel = randn(x_shape, 0, jnp.bfloat16), randn(kernel_shape, 1, jnp.bfloat16)
+    # The reference sees the same bfloat16 values, computed in float32.
+    y_ref, (dx_ref, dk_ref) = value_and_grads(jax.lax.conv_general_dilated, x.astype(jnp.float32),
+                                              kernel.astype(jnp.float32), strides, padding, dilation)
+    impl("cpu")
+    y, (dx, dk) = value_and_grads(conv.conv_general_dilated, x, kernel, strides, padding, dilation)
+    assert y.dtype == dx.dtype == dk.dtype == jnp.bfloat16
+    for actual, expected in ((y, y_ref), (dx, dx_ref), (dk, dk_ref)):
+        assert_close(actual, expected, 2e-2)  # bfloat16 keeps 8 bits: ~0.4% per rounding
+
+
+def test_unsupported_convolutions_run_xla(impl):
+    """Feature groups and input dilation are not in the 'cpu' path: they run XLA's convolution."""
+    x, kernel = randn((2, 6, 6, 4), 0), randn((3, 3, 2, 6), 1)
+    impl("cpu")
+    grouped = jax.jit(lambda x, k: conv.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC,
+                                                             feature_group_count=2))
+    expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=2)
+    assert_close(grouped(x, kernel), expected, 1e-6)
+
+
+def kernel_grad_hlo(impl_name: str) -> str:
+    conv.set_conv_impl(impl_name)
+    x, kernel, dy = randn((2, 8, 8, 5), 0), randn((3, 3, 5, 6), 1), randn((2, 8, 8, 6), 2)
+
+    def kernel_grad(x, kernel, dy):
+        forward = lambda k: conv.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
+        return jax.vjp(forward, kernel)[1](dy)
+
+    return jax.jit(kernel_grad).lower(x, kernel, dy).as_text()
+
+
+def test_xla_impl_keeps_xla_convolution_and_cpu_impl_uses_a_matmul(impl):
+    assert "convolution" in kernel_grad_hlo("xla")
+    cpu_hlo = kernel_grad_hlo("cpu")
+    assert "convolution" not in cpu_hlo and "dot_general" in cpu_hlo
+
+
+def test_auto_is_cpu_only_on_a_single_cpu_device(impl, monkeypatch):
+    impl("auto")
+    assert jax.default_backend() == "cpu" and jax.device_count() == 1
+    assert conv.resolved_conv_impl() == "cpu"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert conv.resolved_conv_impl() == "xla"
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    assert conv.resolved_conv_impl() == "xla"
+    impl("cpu")  # forcing wins over the backend
+    assert conv.resolved_conv_impl() == "cpu"
+
+
+def test_unknown_impl_is_a_config_error_naming_the_choices():
+    assert config_lib.default_config().conv_impl == "auto"
+    with pytest.raises(ConfigError, match="'auto', 'xla', 'cpu'|auto, xla, cpu"):
+        conv.set_conv_impl("cudnn")
+
+
+def resnet18_train_grads(impl_name: str, model, images, labels):
+    """Loss, logits and parameter gradients of ResNet-18 (BatchNorm in train mode) under an impl."""
+    conv.set_conv_impl(impl_name)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, rest, copy=True)
+        logits = model.logits(images, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+    (loss, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+    return loss, logits, grads
+
+
+def test_resnet18_trains_the_same_under_either_impl(impl):
+    model = materialize(abstract("resnet", depth=18, stem="cifar", num_classes=10))
+    images, labels = randn((4, 16, 16, 3), 3), jnp.array([0, 3, 5, 9])
+    loss_x, logits_x, grads_x = resnet18_train_grads("xla", model, images, labels)
+    loss_c, logits_c, grads_c = resnet18_train_grads("cpu", model, images, labels)
+    np.testing.assert_array_equal(logits_c, logits_x)  # the forward pass is the same XLA program
+    assert float(loss_c) == float(loss_x)
+    flat_x, flat_c = nnx.to_flat_state(grads_x), nnx.to_flat_state(grads_c)
+    assert [path for path, _ in flat_x] == [path for path, _ in flat_c]
+    conv_kernels = 0
+    for (path, gx), (_, gc) in zip(flat_x, flat_c):
+        assert_close(gc[...], gx[...], 1e-4)  # rounding differences carried back through 20 layers
+        conv_kernels += path[-1] == "kernel" and gx.ndim == 4
+    assert conv_kernels == 20
+
+
+@pytest.mark.parametrize("impl_name", ["xla", "cpu"])
+def test_dcgan_generator_layers_are_transposed_convolutions(impl_name, impl):
+    """Each up-conv computes lax.conv_transpose with its kernel (what flax's ConvTranspose runs)."""
+    generator = MODELS.build("dcgan_generator", {"image_size": 16, "base_width": 4, "latent_dim": 6},
+                             rngs=nnx.Rngs(0))
+    impl(impl_name)
+    x = randn((2, 1, 1, 6), 0)
+    for layer, stride, padding, size in zip(generator.convs, (1, 2, 2), ("VALID", "SAME", "SAME"), (4, 8, 16)):
+        expected = jax.lax.conv_transpose(x, layer.kernel[...], (stride, stride), padding, dimension_numbers=NHWC)
+        y = layer(x)
+        assert y.shape == expected.shape == (2, size, size, layer.out_features)
+        assert_close(y, expected, 1e-6)
+        x = expected
