@@ -72,6 +72,19 @@ def test_a_group_frozen_for_its_first_steps_then_starts_as_a_fresh_adam():
     assert not np.allclose(history[1]["encoder"]["conv"]["kernel"], PARAMS["encoder"]["conv"]["kernel"])
 
 
+def test_a_frozen_groups_adam_moments_never_see_its_frozen_steps_gradients():
+    # The gradients of the frozen steps (-3) differ from the first thawed one (0.5): moments that
+    # had seen them would give a negative first update; held ones give Adam's first step, -lr * 1.
+    config = opt_config(name="adamw", lr=0.01, weight_decay=0.0)
+    tx = optim.make_optimizer(config, 10, [optim.ParamGroup("last_layer", r"^head/direction$", frozen_steps=3)],
+                              PARAMS).tx
+    params, state = PARAMS, tx.init(PARAMS)
+    for gradient in (-3.0, -3.0, -3.0, 0.5):
+        updates, state = tx.update(jax.tree.map(lambda p: jnp.full_like(p, gradient), PARAMS), state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(params["head"]["direction"], 2.0 - 0.01, rtol=1e-5)
+
+
 def test_a_frozen_group_never_moves():
     config = opt_config(name="lars", lr=1.0, weight_decay=1e-3)
     tx = optim.make_optimizer(config, 10, [optim.ParamGroup("encoder", r"^encoder/", frozen=True)], PARAMS).tx
