@@ -51,7 +51,7 @@ TS = "tests/test_teacher_student.py::"
 TEACHER_STUDENT_EMA = (f"{TS}test_followers_are_an_ema_of_the_updated_params_and_stay_out_of_the_optimizer",)
 TEACHER_STUDENT_DINO = (f"{TS}test_dino_freezes_its_last_layer_in_epoch_one_moves_its_center_and_evaluates_the_teacher",)
 ACCUMULATION = (f"{TS}test_gradient_accumulation_equals_the_full_batch_update_without_batchnorm",)
-EMA_SCHEDULE = (f"{TS}test_each_methods_ema_momentum_is_the_cosine_from_base_to_one", *TEACHER_STUDENT_EMA)
+EMA_SCHEDULE = (*TEACHER_STUDENT_EMA, f"{TS}test_each_methods_ema_momentum_is_the_cosine_from_base_to_one")
 FOLLOWER_DROPOUT = (f"{TS}test_followers_are_built_without_drop_path",)
 PROBE = (f"{TS}test_online_probe_gradient_stops_at_the_features",
          f"{TS}test_online_probe_learns_at_its_own_rate_without_weight_decay")
