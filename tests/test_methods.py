@@ -1,4 +1,6 @@
 """Method losses against independent references: loop-written formulas of the papers and references."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,11 +9,13 @@ from flax import nnx
 from vision_jax import config as config_lib
 from vision_jax import parallel, trainer
 from vision_jax.data import pipeline
-from vision_jax.methods.base import StepInfo, classification_loss, embedding_spread
+from vision_jax.methods import METHODS
+from vision_jax.methods.base import MethodSetup, StepInfo, classification_loss, embedding_spread
 from vision_jax.methods.byol import regression_loss
 from vision_jax.methods.dino import dino_loss
 from vision_jax.methods.mocov3 import contrastive_loss
 from vision_jax.methods.simclr import nt_xent
+from vision_jax.schedules import RunLength
 
 
 def reference_nt_xent(z1, z2, temperature):
@@ -187,3 +191,76 @@ def test_on_device_views_change_with_the_step(tmp_path):
     assert float(at_zero["loss"]) != float(at_one["loss"])
     _, again = step_fn(state, batch)
     assert float(again["loss"]) == float(at_zero["loss"])  # and a pure function of (seed, step)
+
+
+SSL_HEADS = {"byol": ["method.projection_hidden_dim=32", "method.prediction_hidden_dim=32"],
+             "mocov3": ["method.hidden_dim=32"], "dino": ["method.hidden_dim=32", "method.out_dim=64"]}
+
+
+def _ssl_loss(tmp_path, method):
+    """(run, model before the loss, model the loss ran on, batch, LossOutput) at step 0 of the digits recipe."""
+    run = _digits_run(tmp_path, f"configs/ssl_digits.py:method={method},runlocal", *SSL_HEADS[method])
+    state, batch = run.init_state(), _first_batch(run)
+    model = _model(run, state)
+    out = run.method.loss(model, batch, StepInfo(jnp.int32(0), jax.random.key(0)))
+    return run, _model(run, state), model, batch, out
+
+
+def _f64(x):
+    return np.asarray(x, np.float64)
+
+
+def test_byol_method_loss_pairs_each_views_prediction_with_the_other_views_target(tmp_path):
+    _, model, _, batch, out = _ssl_loss(tmp_path, "byol")
+    views = batch["views"]
+    p = [_f64(model.predictor(model.projector(model.encoder(views[:, v], train=True), train=True), train=True))
+         for v in range(2)]
+    z = [_f64(model.target_projector(model.target_encoder(views[:, v], train=True), train=True)) for v in range(2)]
+    # Grill et al. 2020: ||p1/|p1| - z2'/|z2'|||^2 + ||p2/|p2| - z1'/|z1'|||^2, averaged over the batch.
+    expected = np.mean([np.sum((_normalized(p[0][i]) - _normalized(z[1][i])) ** 2)
+                        + np.sum((_normalized(p[1][i]) - _normalized(z[0][i])) ** 2) for i in range(len(p[0]))])
+    np.testing.assert_allclose(float(out.loss), expected, rtol=1e-4)
+
+
+def test_mocov3_method_loss_is_symmetric_infonce_of_predictor_queries_and_momentum_keys(tmp_path):
+    _, model, _, batch, out = _ssl_loss(tmp_path, "mocov3")
+    views = batch["views"]
+    q = [_f64(model.predictor(model.projector(model.encoder(views[:, v], train=True), train=True), train=True))
+         for v in range(2)]
+    k = [_f64(model.momentum_projector(model.momentum_encoder(views[:, v], train=True), train=True)) for v in range(2)]
+    expected = reference_moco_loss(q[0], k[1], 0.2) + reference_moco_loss(q[1], k[0], 0.2)
+    np.testing.assert_allclose(float(out.loss), expected, rtol=1e-4)
+
+
+def test_dino_method_loss_and_center_update_follow_main_dino(tmp_path):
+    _, model, trained, batch, out = _ssl_loss(tmp_path, "dino")
+    global_views, local_views = batch["global_views"], batch["local_views"]
+    n, num_local = global_views.shape[0], local_views.shape[1]
+    both_globals = jnp.concatenate([global_views[:, 0], global_views[:, 1]])
+    student = [_f64(model.head(model.encoder(both_globals, train=True), train=True))]
+    student.append(_f64(model.head(model.encoder(jnp.concatenate([local_views[:, i] for i in range(num_local)]),
+                                                 train=True), train=True)))
+    student = [s[i * n:(i + 1) * n] for s in student for i in range(len(s) // n)]  # 2 global + num_local views
+    teacher = _f64(model.teacher_head(model.teacher_encoder(both_globals, train=True), train=True))
+    center = _f64(model.center[...])
+    assert len(student) == 2 + num_local
+    # Teacher temperature at step 0: the start of its warmup (0.04); student temperature 0.1.
+    expected = reference_dino_loss(student, [teacher[:n], teacher[n:]], center, 0.1, 0.04)
+    np.testing.assert_allclose(float(out.loss), expected, rtol=1e-4)
+    # DINOLoss.update_center: center * 0.9 + mean of the teacher's outputs over the batch * 0.1.
+    np.testing.assert_allclose(_f64(trained.center[...]), 0.9 * center + 0.1 * teacher.mean(0), rtol=1e-4, atol=1e-7)
+    assert np.abs(teacher.mean(0)).max() > 1e-3  # the update is visible
+
+
+def test_dino_teacher_temperature_and_frozen_last_layer_follow_the_epochs():
+    steps_per_epoch = 4
+    setup = MethodSetup(lambda rngs: None, num_classes=10, length=RunLength(60, steps_per_epoch))
+    dino = METHODS.build("dino", dict(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=3,
+                                      freeze_last_layer_epochs=1), setup=setup)
+    # main_dino.py: np.linspace(0.04, 0.07, 3) for epochs 0-2, then 0.07; constant within an epoch.
+    per_epoch = [0.04, 0.055, 0.07, 0.07, 0.07]
+    for step in range(20):
+        np.testing.assert_allclose(float(dino.teacher_temp(step)), per_epoch[step // steps_per_epoch], rtol=1e-6)
+    # cancel_gradients_last_layer: the prototypes stay fixed for the whole first epoch.
+    last_layer = [g for g in dino.param_groups() if re.search(g.pattern, "head/direction")]
+    assert [(g.frozen, g.frozen_steps) for g in last_layer] == [(False, steps_per_epoch)]

@@ -5,10 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from vision_jax import config as config_lib
 from vision_jax import optim
 from vision_jax.errors import ConfigError
+from vision_jax.methods import METHODS
+from vision_jax.methods.base import MethodSetup
+from vision_jax.models import MODELS
+from vision_jax.schedules import RunLength
 
 PARAMS = {"encoder": {"conv": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}},
           "head": {"direction": jnp.ones((2, 3)) * 2.0}, "online_probe": {"kernel": jnp.ones((2, 2)) * 3.0}}
@@ -67,6 +72,19 @@ def test_a_group_frozen_for_its_first_steps_then_starts_as_a_fresh_adam():
     assert not np.allclose(history[1]["encoder"]["conv"]["kernel"], PARAMS["encoder"]["conv"]["kernel"])
 
 
+def test_a_frozen_groups_adam_moments_never_see_its_frozen_steps_gradients():
+    # The gradients of the frozen steps (-3) differ from the first thawed one (0.5): moments that
+    # had seen them would give a negative first update; held ones give Adam's first step, -lr * 1.
+    config = opt_config(name="adamw", lr=0.01, weight_decay=0.0)
+    tx = optim.make_optimizer(config, 10, [optim.ParamGroup("last_layer", r"^head/direction$", frozen_steps=3)],
+                              PARAMS).tx
+    params, state = PARAMS, tx.init(PARAMS)
+    for gradient in (-3.0, -3.0, -3.0, 0.5):
+        updates, state = tx.update(jax.tree.map(lambda p: jnp.full_like(p, gradient), PARAMS), state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(params["head"]["direction"], 2.0 - 0.01, rtol=1e-5)
+
+
 def test_a_frozen_group_never_moves():
     config = opt_config(name="lars", lr=1.0, weight_decay=1e-3)
     tx = optim.make_optimizer(config, 10, [optim.ParamGroup("encoder", r"^encoder/", frozen=True)], PARAMS).tx
@@ -113,3 +131,18 @@ def test_group_config_errors_name_the_problem():
     groups.head = dict(pattern="^head/", lr_scal=2.0)
     with pytest.raises(ConfigError, match=r"groups.head has unknown option\(s\) \['lr_scal'\]"):
         optim.groups_from_config(groups)
+
+
+def test_mocov3_keeps_a_vits_random_patch_projection_fixed_for_the_whole_run():
+    # moco-v3 --stop-grad-conv1: the patch projection never moves; everything else does.
+    setup = MethodSetup(lambda rngs: MODELS.build("vit", {"variant": "Ti", "patch_size": 4, "image_size": 8}, rngs=rngs),
+                        num_classes=10, length=RunLength(10, 5), model_name="vit")
+    method = METHODS.build("mocov3", {"freeze_patch_embedding": True, "hidden_dim": 16, "projection_dim": 8},
+                           setup=setup)
+    model = nnx.eval_shape(lambda: method.init_model(nnx.Rngs(0)))
+    abstract = {k: v for k, v in nnx.to_pure_dict(nnx.state(model, nnx.Param)).items() if k not in method.followers}
+    params = jax.tree.map(lambda a: jnp.ones(a.shape, a.dtype), abstract)
+    tx = method.make_optimizer(opt_config(name="sgd", momentum=0.9, lr=0.1, weight_decay=0.1), abstract).tx
+    history, _ = jax.jit(lambda p: run_steps(tx, p, jax.tree.map(jnp.ones_like, p), 3))(params)
+    jax.tree.map(np.testing.assert_array_equal, history[3]["encoder"]["patch_embed"], params["encoder"]["patch_embed"])
+    assert not np.allclose(history[3]["encoder"]["cls_token"], params["encoder"]["cls_token"])

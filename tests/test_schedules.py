@@ -15,6 +15,8 @@ def test_cosine_momentum_is_solo_learns_tau_schedule():
         expected = 1.0 - (1.0 - 0.99) * (math.cos(math.pi * step / 100) + 1) / 2
         np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-6)
     assert float(schedule(0)) == pytest.approx(0.99) and float(schedule(100)) == pytest.approx(1.0)
+    for step in (101, 150, 199):  # a run extended past its schedule stays at the final value
+        assert float(schedule(step)) == pytest.approx(1.0)
 
 
 def test_cosine_weight_decay_is_dinos_cosine_scheduler():

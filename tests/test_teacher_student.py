@@ -22,7 +22,7 @@ from vision_jax.data import pipeline
 from vision_jax.errors import ConfigError
 from vision_jax.logs import CollapseMonitor
 from vision_jax.methods import METHODS
-from vision_jax.methods.base import MethodSetup
+from vision_jax.methods.base import LossOutput, Method, MethodSetup, OnlineProbe, StepInfo
 from vision_jax.models import MODELS
 from vision_jax.schedules import RunLength
 
@@ -72,6 +72,77 @@ def test_followers_are_an_ema_of_the_updated_params_and_stay_out_of_the_optimize
     # The target ran in training mode: its BatchNorm statistics moved on their own.
     target_stats = after["model_state"]["target_encoder"]["norms"][0]["mean"]
     assert np.abs(target_stats).max() > 0
+
+
+def test_each_methods_ema_momentum_is_the_cosine_from_base_to_one():
+    total = 60
+    setup = MethodSetup(lambda rngs: None, num_classes=10, length=RunLength(total, 6))
+    for name, base in (("byol", 0.99), ("mocov3", 0.95), ("dino", 0.996)):
+        method = METHODS.build(name, {"base_momentum": base}, setup=setup)
+        for step in (0, 1, 17, 30, total - 1, total):
+            # solo-learn MomentumUpdater.update_tau / moco-v3 adjust_moco_momentum / DINO's cosine_scheduler.
+            expected = 1 - (1 - base) * (np.cos(np.pi * step / total) + 1) / 2
+            np.testing.assert_allclose(float(method.ema_momentum(jnp.int32(step))), expected, rtol=1e-6,
+                                       err_msg=f"{name} step {step}")
+
+
+def test_followers_are_built_without_drop_path():
+    setup = MethodSetup(lambda rngs: MODELS.build("vit", {"variant": "Ti", "patch_size": 4, "image_size": 8,
+                                                          "drop_path_rate": 0.2}, rngs=rngs),
+                        num_classes=10, length=RunLength(10, 5), model_name="vit")
+    model = nnx.eval_shape(lambda: METHODS.build("byol", {}, setup=setup).init_model(nnx.Rngs(0)))
+    rates = lambda module: [m.rate for _, m in nnx.iter_modules(module) if isinstance(m, nnx.Dropout)]
+    assert max(rates(model.encoder)) == pytest.approx(0.2) and set(rates(model.target_encoder)) == {0.0}
+
+
+def test_online_probe_learns_at_its_own_rate_without_weight_decay(tmp_path):
+    probe_lr, lr, wd = 0.01, 2e-3, 0.5
+    run = digits_run(tmp_path, "mocov3", f"online_probe.lr={probe_lr}", f"optimizer.lr={lr}",
+                     f"optimizer.weight_decay={wd}", "optimizer.warmup_steps=0", "optimizer.grad_clip_norm=0")
+    state = run.init_state()
+    # The trainer's optimizer on a gradient of ones: AdamW's first update is -lr * (1 + wd * p) on
+    # kernels (m_hat / sqrt(v_hat) = 1); the probe's is -probe_lr, with no decay.
+    ones = jax.tree.map(jnp.ones_like, state["params"])
+    updates = host(jax.jit(run.optimizer.tx.update)(ones, state["opt_state"], state["params"])[0])
+    np.testing.assert_allclose(updates["online_probe"]["linear"]["kernel"], -probe_lr, rtol=1e-5)
+    kernel = host(state["params"])["projector"]["hidden"][0]["kernel"]
+    np.testing.assert_allclose(updates["projector"]["hidden"][0]["kernel"], -lr * (1 + wd * kernel), rtol=1e-5)
+
+
+class _Linear(nnx.Module):
+    num_features = 3
+
+    def __init__(self, rngs):
+        self.layer = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x, train):
+        return self.layer(x)
+
+
+class _ProbeOnly(Method):
+    """A method whose own loss is 0: every gradient its objective has comes from the online probe."""
+
+    def build_model(self, rngs):
+        model = nnx.Module()
+        model.encoder = self.make_encoder(rngs)
+        return model
+
+    def loss(self, model, batch, step):
+        features = model.encoder(batch["image"], train=True)
+        return LossOutput(0.0 * jnp.sum(features), {}, probe_features=features)
+
+
+def test_online_probe_gradient_stops_at_the_features():
+    setup = MethodSetup(_Linear, num_classes=2, length=RunLength(10, 5), online_probe=OnlineProbe(enabled=True))
+    method = _ProbeOnly(setup)
+    graphdef, params = nnx.split(method.init_model(nnx.Rngs(0)))
+    batch = {"image": jnp.asarray(np.random.default_rng(0).normal(size=(6, 4)), jnp.float32),
+             "label": jnp.asarray([0, 1, 1, 0, 1, 0])}
+    step = StepInfo(jnp.int32(0), jax.random.key(0))
+    grads = jax.grad(lambda p: method.objective(nnx.merge(graphdef, p), batch, step)[0])(params)
+    grads = host(nnx.to_pure_dict(grads))
+    assert np.abs(grads["online_probe"]["linear"]["kernel"]).max() > 0  # the probe learns
+    jax.tree.map(lambda g: np.testing.assert_array_equal(g, 0.0), grads["encoder"])  # the encoder does not
 
 
 def test_followers_are_sharded_by_the_rules_of_what_they_follow():
@@ -148,11 +219,13 @@ def test_gradient_accumulation_equals_the_full_batch_update_without_batchnorm(tm
         config.model = dict(name="vit", variant="Ti", patch_size=4, image_size=8)
         run = trainer.Run(config, str(tmp_path / str(accumulate)))
         state, metrics = train_steps(run, run.init_state(), 1)
-        return host(state["params"]), float(metrics["loss"])
+        return host(state["params"]), float(metrics["loss"]), float(metrics["grad_norm"])
 
-    full, full_loss = one_step(1)
-    accumulated, accumulated_loss = one_step(4)
+    full, full_loss, full_grad_norm = one_step(1)
+    accumulated, accumulated_loss, accumulated_grad_norm = one_step(4)
     np.testing.assert_allclose(accumulated_loss, full_loss, rtol=1e-5)
+    # The mean of the microbatch gradients is the full-batch gradient (AdamW alone would hide its scale).
+    np.testing.assert_allclose(accumulated_grad_norm, full_grad_norm, rtol=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), accumulated, full)
 
 
