@@ -216,7 +216,7 @@ def test_gradient_accumulation_equals_the_full_batch_update_without_batchnorm(tm
     def one_step(accumulate: int):
         config = config_lib.load_config("configs/supervised_digits.py:runlocal", [
             "model.name=vit", "data.image_size=8", "batch_size=16", f"grad_accum_steps={accumulate}"])
-        config.model = dict(name="vit", variant="Ti", patch_size=4, image_size=8)
+        config.model = dict(name="vit", variant="Ti", depth=2, patch_size=4, image_size=8)
         run = trainer.Run(config, str(tmp_path / str(accumulate)))
         state, metrics = train_steps(run, run.init_state(), 1)
         return host(state["params"]), float(metrics["loss"]), float(metrics["grad_norm"])
