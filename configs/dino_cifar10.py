@@ -47,8 +47,11 @@ def get_config(arg=None):
 
     if arg.cpu_budget:
         common.cpu_budget(c, steps=900)
+        # The teacher stays at 0.04, where the full recipe's warmup starts (solo-learn warms up over
+        # 50 of 1,000 epochs; this budget is 5 epochs). Held-out 5,000, seed 0: linear probe 46.90
+        # with 0.04 vs 45.10 with a 2-epoch warmup to 0.07, whose loss went back to ~log(out_dim).
         c.method.update(out_dim=1024, hidden_dim=512, bottleneck_dim=128, base_momentum=0.99,
-                        warmup_teacher_temp_epochs=2)
+                        warmup_teacher_temp=0.04, teacher_temp=0.04)
         c.optimizer.grad_clip_norm = 3.0
         c.optimizer.grad_clip_mode = "per_parameter"
         c.online_probe.lr = 2e-3

@@ -45,6 +45,9 @@ def get_config(arg=None):
         common.cpu_budget(c, steps=900)
         c.method.projection_hidden_dim = 512
         c.method.temperature = 0.2
+        # Held-out 5,000, seed 0: linear probe 56.18 with lr 4e-3 vs 53.46 with 2e-3 (the setting of
+        # ../shared/peer/lightly_simclr_cifar.py, which scores 54.74 there).
+        c.optimizer.lr = 4e-3
     if arg.runlocal:
         common.runlocal(c)
     return c
