@@ -19,12 +19,7 @@ def get_config(arg=None):
     arg = parse_arg(arg, on_device=False, data_root=common.SHARED_CIFAR_ZIP, runlocal=False, cpu_budget=False,
                     epochs=1000, seed=0)
     c = default_config()
-    c.seed = arg.seed
-    c.batch_size = 256
-    steps_per_epoch = common.CIFAR_TRAIN_EXAMPLES // c.batch_size
-    c.total_steps = arg.epochs * steps_per_epoch
-    c.log_every = 100
-    c.eval_every = 20 * steps_per_epoch
+    steps_per_epoch = common.run_length(c, arg, 256, common.CIFAR_TRAIN_EXAMPLES, eval_every_epochs=20)
 
     common.cifar_resnet18(c)
     common.cifar10(c, arg.data_root, dict(name="byol", crop_scale=(0.08, 1.0), blur_probs=(0.0, 0.0),

@@ -8,6 +8,18 @@ CIFAR_TRAIN_EXAMPLES = 45_000  # of the 50,000 training images; the other 5,000 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 
+def run_length(c, arg, batch_size: int, train_examples: int, eval_every_epochs: int = 0) -> int:
+    """Seed, batch and a run of `arg.epochs` epochs (evaluated every `eval_every_epochs`, 0: at the
+    end only); returns the steps per epoch, which warmups and schedules count in."""
+    c.seed = arg.seed
+    c.batch_size = batch_size
+    steps_per_epoch = train_examples // batch_size
+    c.total_steps = arg.epochs * steps_per_epoch
+    c.log_every = 100
+    c.eval_every = eval_every_epochs * steps_per_epoch
+    return steps_per_epoch
+
+
 def cifar10(c, data_root: str, augment: dict) -> None:
     """CIFAR-10 as an image folder (or its zip, read in place): the first 45,000 of a seeded
     permutation train and fit the probes; the other 5,000 are held out for the scores."""

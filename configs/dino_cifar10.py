@@ -23,12 +23,7 @@ def get_config(arg=None):
     # 6 local crops as in DINO; 2 under the CPU budget, where each local crop costs training steps.
     num_local = arg.num_local if arg.num_local >= 0 else (2 if arg.cpu_budget else 6)
     c = default_config()
-    c.seed = arg.seed
-    c.batch_size = 256
-    steps_per_epoch = common.CIFAR_TRAIN_EXAMPLES // c.batch_size
-    c.total_steps = arg.epochs * steps_per_epoch
-    c.log_every = 100
-    c.eval_every = 20 * steps_per_epoch
+    steps_per_epoch = common.run_length(c, arg, 256, common.CIFAR_TRAIN_EXAMPLES, eval_every_epochs=20)
 
     common.cifar_resnet18(c)
     common.cifar10(c, arg.data_root, dict(name="dino", global_size=32, global_scale=(0.25, 1.0),

@@ -18,12 +18,7 @@ from vision_jax.config import default_config, parse_arg
 def get_config(arg=None):
     arg = parse_arg(arg, data_dir="", epochs=300, batch_size=1024, seed=0)
     c = default_config()
-    c.seed = arg.seed
-    c.batch_size = arg.batch_size
-    steps_per_epoch = common.IMAGENET_TRAIN_EXAMPLES // c.batch_size
-    c.total_steps = arg.epochs * steps_per_epoch
-    c.log_every = 100
-    c.eval_every = 0
+    steps_per_epoch = common.run_length(c, arg, arg.batch_size, common.IMAGENET_TRAIN_EXAMPLES)
 
     c.model = dict(name="vit", variant="S", patch_size=16, image_size=224, pool="cls", drop_path_rate=0.1)
     common.imagenet(c, dict(name="dino", global_size=224, global_scale=(0.4, 1.0), num_local=8, local_size=96,

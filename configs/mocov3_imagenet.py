@@ -16,12 +16,7 @@ from vision_jax.config import default_config, parse_arg
 def get_config(arg=None):
     arg = parse_arg(arg, data_dir="", epochs=300, batch_size=4096, seed=0)
     c = default_config()
-    c.seed = arg.seed
-    c.batch_size = arg.batch_size
-    steps_per_epoch = common.IMAGENET_TRAIN_EXAMPLES // c.batch_size
-    c.total_steps = arg.epochs * steps_per_epoch
-    c.log_every = 100
-    c.eval_every = 0
+    steps_per_epoch = common.run_length(c, arg, arg.batch_size, common.IMAGENET_TRAIN_EXAMPLES)
 
     c.model = dict(name="vit", variant="B", patch_size=16, image_size=224, pool="cls", posemb="sincos2d")
     common.imagenet(c, dict(name="byol", size=224, crop_scale=(0.08, 1.0)), arg.data_dir)
