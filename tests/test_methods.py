@@ -210,11 +210,16 @@ def _f64(x):
     return np.asarray(x, np.float64)
 
 
+def _online_predictions(model, views):
+    """The online branch of BYOL and MoCo v3 for each of the two views: predictor(projector(encoder))."""
+    return [_f64(model.predictor(model.projector(model.encoder(views[:, v], train=True), train=True), train=True))
+            for v in range(2)]
+
+
 def test_byol_method_loss_pairs_each_views_prediction_with_the_other_views_target(tmp_path):
     _, model, _, batch, out = _ssl_loss(tmp_path, "byol")
     views = batch["views"]
-    p = [_f64(model.predictor(model.projector(model.encoder(views[:, v], train=True), train=True), train=True))
-         for v in range(2)]
+    p = _online_predictions(model, views)
     z = [_f64(model.target_projector(model.target_encoder(views[:, v], train=True), train=True)) for v in range(2)]
     # Grill et al. 2020: ||p1/|p1| - z2'/|z2'|||^2 + ||p2/|p2| - z1'/|z1'|||^2, averaged over the batch.
     expected = np.mean([np.sum((_normalized(p[0][i]) - _normalized(z[1][i])) ** 2)
@@ -225,8 +230,7 @@ def test_byol_method_loss_pairs_each_views_prediction_with_the_other_views_targe
 def test_mocov3_method_loss_is_symmetric_infonce_of_predictor_queries_and_momentum_keys(tmp_path):
     _, model, _, batch, out = _ssl_loss(tmp_path, "mocov3")
     views = batch["views"]
-    q = [_f64(model.predictor(model.projector(model.encoder(views[:, v], train=True), train=True), train=True))
-         for v in range(2)]
+    q = _online_predictions(model, views)
     k = [_f64(model.momentum_projector(model.momentum_encoder(views[:, v], train=True), train=True)) for v in range(2)]
     expected = reference_moco_loss(q[0], k[1], 0.2) + reference_moco_loss(q[1], k[0], 0.2)
     np.testing.assert_allclose(float(out.loss), expected, rtol=1e-4)

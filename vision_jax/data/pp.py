@@ -20,7 +20,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from vision_jax.data.ops import BATCH_OPS, OPS
+from vision_jax.data.batch_ops import BATCH_OPS
+from vision_jax.data.ops import OPS
 from vision_jax.errors import ConfigError
 from vision_jax.registry import Registry, closest
 
