@@ -264,7 +264,9 @@ def fid_inception_params(weights: Mapping[str, np.ndarray], model: FIDInceptionV
     """
     state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
     targets = traverse_util.flatten_dict(nnx.to_pure_dict(state))  # path -> array or ShapeDtypeStruct
-    names = {path: _torch_name_and_shape(path, target.shape) for path, target in targets.items()}
+    # Each layer's tensors in the .pth's order (conv.weight, then bn's), so the first problem named is its first.
+    in_pth_order = sorted(targets, key=lambda path: (path[:-2], list(_TORCH_LEAF).index(path[-2:])))
+    names = {path: _torch_name_and_shape(path, targets[path].shape) for path in in_pth_order}
     problem = _first_problem(weights, dict(names.values()))
     if problem is not None:
         raise CheckpointError(f"{source} does not hold pytorch-fid's FID Inception weights: {problem}. Download "
