@@ -120,7 +120,8 @@ def test_pth_names_and_layouts_map_onto_the_network(abstract_model):
     model = nnx.eval_shape(lambda: FIDInceptionV3(rngs=nnx.Rngs(0)))
     fid_inception_params(weights, model)
     np.testing.assert_array_equal(model.Conv2d_1a_3x3.conv.kernel[...], first_conv.transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(model.Mixed_7c.branch_pool.bn.var[...], weights["Mixed_7c.branch_pool.bn.running_var"])
+    np.testing.assert_array_equal(model.Mixed_7c.branch_pool.bn.var[...],
+                                  weights["Mixed_7c.branch_pool.bn.running_var"])
     np.testing.assert_array_equal(model.Mixed_6a.branch3x3.bn.scale[...], weights["Mixed_6a.branch3x3.bn.weight"])
 
 
