@@ -117,7 +117,7 @@ def test_pth_names_and_layouts_map_onto_the_network(abstract_model):
     weights["Conv2d_1a_3x3.conv.weight"] = first_conv
     weights["Mixed_7c.branch_pool.bn.running_var"] = np.linspace(1, 2, 192, dtype=np.float32)
     weights["Mixed_6a.branch3x3.bn.weight"] = np.linspace(-1, 1, 384, dtype=np.float32)
-    model = nnx.eval_shape(lambda: FIDInceptionV3(rngs=nnx.Rngs(0)))
+    model = abstract_model  # filled in place; the other tests read only its shapes or fail before reading it
     fid_inception_params(weights, model)
     np.testing.assert_array_equal(model.Conv2d_1a_3x3.conv.kernel[...], first_conv.transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(model.Mixed_7c.branch_pool.bn.var[...],
@@ -166,6 +166,9 @@ def test_weight_files_that_cannot_be_used_are_one_line_errors(tmp_path):
     (tmp_path / "text.npz").write_text("not an archive")
     with pytest.raises(CheckpointError, match=r"is not a \.npz file"):
         load_fid_inception(tmp_path / "text.npz")
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(CheckpointError, match=r"array\.npy' holds one array, not the converter's \.npz"):
+        load_fid_inception(tmp_path / "array.npy")
     np.savez(tmp_path / "resnet.npz", **{"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)})
     with pytest.raises(CheckpointError, match=r"resnet\.npz does not hold pytorch-fid's FID Inception weights: "
                        r"Conv2d_1a_3x3\.conv\.weight is missing\. Download .* and convert it: " + convert) as error:
@@ -242,6 +245,15 @@ def test_features_are_pytorch_fids(tmp_path):
         assert error < 1e-4, f"{name}: max |difference| is {error:.2e} of the largest feature"
     for name in ("large", "oblong"):  # shrinking (antialiasing would differ) and a non-square image
         np.testing.assert_allclose(resize_bilinear(reference[name]), reference[f"resized_{name}"], atol=1e-5)
+
+    (tmp_path / "broken.pth").write_bytes(b"not a pickle")
+    broken = subprocess.run([python, "-m", "vision_jax.convert_fid_inception", f"--pth={tmp_path}/broken.pth",
+                             f"--out={tmp_path}/broken.npz"], env=env, capture_output=True, text=True, timeout=300)
+    assert broken.returncode == 1 and not (tmp_path / "broken.npz").exists()
+    assert broken.stderr.strip().splitlines() == [
+        f"error: '{tmp_path}/broken.pth' is not a state dict that torch.load can read safely (UnpicklingError); "
+        f"download pytorch-fid's weights again: https://github.com/mseitzer/pytorch-fid/releases/download/"
+        f"fid_weights/pt_inception-2015-12-05-6726825d.pth"]
 
 
 def test_converter_without_torch_says_how_to_install_it(tmp_path, monkeypatch):

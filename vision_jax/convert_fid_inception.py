@@ -16,23 +16,31 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 
 import numpy as np
+
+# models/inception.py's FID_WEIGHTS_URL, repeated: that module imports Flax, which this one must not.
+FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                   "pt_inception-2015-12-05-6726825d.pth")
 
 
 def state_dict_as_numpy(pth: str) -> dict[str, np.ndarray]:
     """The .pth's tensors as numpy arrays, by name; exits with a message if torch is missing."""
     if not os.path.exists(pth):
-        sys.exit(f"error: no file at {pth!r}; download pytorch-fid's FID_WEIGHTS_URL, "
-                 f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                 f"pt_inception-2015-12-05-6726825d.pth")
+        sys.exit(f"error: no file at {pth!r}; download pytorch-fid's FID_WEIGHTS_URL, {FID_WEIGHTS_URL}")
     try:
         import torch
     except ImportError:
         sys.exit("error: reading a .pth needs PyTorch once: pip install torch --index-url "
                  "https://download.pytorch.org/whl/cpu (or run this command where torch is installed).")
-    state_dict = torch.load(pth, map_location="cpu", weights_only=True)
+    try:
+        state_dict = torch.load(pth, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
+        # torch's own message suggests weights_only=False, which would run any code in the pickle.
+        sys.exit(f"error: {pth!r} is not a state dict that torch.load can read safely ({type(error).__name__}); "
+                 f"download pytorch-fid's weights again: {FID_WEIGHTS_URL}")
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         sys.exit(f"error: {pth!r} is not a state dict (a mapping of names to tensors).")
     return {name: tensor.detach().numpy() for name, tensor in state_dict.items()}

@@ -256,7 +256,8 @@ def _first_problem(weights: Mapping[str, np.ndarray], expected: Mapping[str, tup
     return None
 
 
-def fid_inception_params(weights: Mapping[str, np.ndarray], model: FIDInceptionV3, source: str = "the weights") -> None:
+def fid_inception_params(weights: Mapping[str, np.ndarray], model: FIDInceptionV3,
+                         source: str = "the state dict") -> None:
     """Copies pytorch-fid's state dict (the .pth's names, numpy arrays) into `model` in place.
 
     Every variable is overwritten, so `model` may be abstract (nnx.eval_shape). Raises
@@ -287,18 +288,23 @@ def _read_weights(path: str) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path!r} is a PyTorch file; convert it once (needs torch): "
                               f"python -m vision_jax.convert_fid_inception --pth={path} --out=fid_inception.npz")
     try:
-        with np.load(path) as archive:
-            return {name: archive[name] for name in archive.files}
+        archive = np.load(path)
     except (ValueError, OSError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{path!r} is not a .npz file ({error}); make one with: {CONVERT_COMMAND}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a single array (.npy)
+        raise CheckpointError(f"{path!r} holds one array, not the converter's .npz; make one with: {CONVERT_COMMAND}")
+    with archive:
+        return {name: archive[name] for name in archive.files}
 
 
 def load_fid_inception(path: str | os.PathLike) -> Callable[[jax.Array], jax.Array]:
     """The FID feature function with pytorch-fid's weights from `path` (the converter's .npz).
 
     Returns a function: images NHWC in [-1, 1], any size (resized to 299x299 inside) -> pool3
-    features [N, 2048] float32. It is jitted (one compilation per input shape) and computes in full
-    float32 precision (no TF32 or bf16 passes on GPU/TPU), as the published FIDs were computed.
+    features [N, 2048] float32. It is jitted (one compilation per input shape; a sharded global
+    batch stays sharded) and asks for full float32 precision (jax.default_matmul_precision
+    "highest": no TF32 or bf16 passes on GPU/TPU), as the published FIDs were computed. Wrapping it
+    in another jax.jit also works, but makes the weights constants of that program.
     """
     path = os.fspath(path)
     weights = _read_weights(path)
