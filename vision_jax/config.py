@@ -58,8 +58,12 @@ def default_config() -> ConfigDict:
     c.eval_every = 0  # 0: run the evaluators only at the end of training
 
     c.model = ConfigDict({"name": "cnn"})
-    # timm weights (.safetensors) the encoder starts from ('' = random init); models/pretrained.py.
-    c.pretrained = ""
+    # Where the encoder starts (vision_jax/init_from.py): source '' = random init; a vision_jax
+    # workdir (its checkpoint of `step`, -1 = the latest), one checkpoint (WORKDIR/checkpoints/STEP),
+    # or a timm .safetensors file. `network`: the source's online 'encoder' or a follower (EMA
+    # teacher), e.g. 'teacher_encoder'. Heads always start fresh.
+    c.init = ConfigDict({"source": "", "step": -1, "network": "encoder"})
+    c.pretrained = ""  # the former name of init.source (timm files only), kept as an alias
     c.method = ConfigDict({"name": "supervised"})
 
     c.optimizer = ConfigDict()
@@ -179,8 +183,18 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
             set_on_command_line.setdefault(section, set()).add(key.rsplit(".", 1)[1])
     for section, keys in set_on_command_line.items():
         _fit_options_to_factory(config, section, keys)
+    _apply_aliases(config)
     validate(config)
     return config
+
+
+def _apply_aliases(config: ConfigDict) -> None:
+    """Former names of fields, moved onto today's."""
+    if config.pretrained:
+        if config.init.source and config.init.source != config.pretrained:
+            raise ConfigError(f"config.pretrained={config.pretrained!r} and config.init.source="
+                              f"{config.init.source!r} both name a source; keep only --config.init.source.")
+        config.init.source, config.pretrained = config.pretrained, ""
 
 
 def _config_from_recipe(path: str, arg: str | None) -> ConfigDict:
@@ -326,6 +340,8 @@ def _check_values(config: ConfigDict) -> None:
     if config.mesh.data != -1 and config.mesh.data < 1:
         raise ConfigError(f"config.mesh.data={config.mesh.data} must be at least 1, or -1 for all devices "
                           f"not used by the model axis.")
+    if config.init.step < -1:
+        raise ConfigError(f"config.init.step={config.init.step} must be a checkpoint's step, or -1 for the latest.")
     name = config.preemption_signal
     if name and not (name.startswith("SIG") and isinstance(getattr(signal, name, None), signal.Signals)):
         raise ConfigError(f"config.preemption_signal={name!r} is not a signal name; use e.g. "
