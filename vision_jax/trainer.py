@@ -133,11 +133,13 @@ class Run:
         return nnx.eval_shape(lambda: self.make_encoder(nnx.Rngs(0)))
 
     def _with_init_encoder(self, state: TrainState) -> TrainState:
-        fresh = {part: state[part]["encoder"] for part in ("params", "model_state")}
+        # (An encoder without BatchNorm or dropout, e.g. a ViT, has no model_state entry.)
+        fresh = {part: state[part].get("encoder", {}) for part in ("params", "model_state")}
         loaded, self.origin = init_from.load_encoder(self.config.init, fresh, self._abstract_encoder(),
                                                      self.config.model.name)
         for part, weights in loaded.items():
-            state[part]["encoder"] = weights
+            if weights:
+                state[part]["encoder"] = weights
         # Followers start as copies (own buffers: the step donates the state) of what they follow.
         for follower, online in self.method.followers.items():
             state["ema"][follower] = jax.tree.map(jnp.copy, state["params"][online])
