@@ -29,7 +29,7 @@ from flax import nnx
 from vision_jax import checkpoint, init_from, parallel, precision, preemption, schedules
 from vision_jax import workdir as workdir_lib
 from vision_jax.data import pipeline, pp
-from vision_jax.data.sources import build_source
+from vision_jax.data.sources import Source, build_source, class_balanced_subset
 from vision_jax.data.device_augment import DEVICE_AUGMENTATIONS
 from vision_jax.data.views import AUGMENTATIONS
 from vision_jax.errors import CheckpointError, ConfigError, Preempted, TrainingDiverged
@@ -56,7 +56,7 @@ class Run:
         self.eval_batch_size = _round_up(config.data.eval_batch_size, self.mesh.shape["data"] * jax.process_count())
 
         data = config.data
-        self.train_source = build_source(data.source, data.train_split, data.image_size)
+        self.train_source = self._labeled(build_source(data.source, data.train_split, data.image_size))
         self.augment = AUGMENTATIONS.build(data.augment.name, options_of(data.augment))
         self.device_augment = (DEVICE_AUGMENTATIONS.build(data.device_augment.name, options_of(data.device_augment))
                                if data.device_augment.name else None)
@@ -94,6 +94,13 @@ class Run:
         self.signature = checkpoint.model_signature(self.abstract_state["params"], config.model.to_dict(),
                                                     config.method.name)
         self.origin: init_from.Origin | None = None  # set when config.init fills the encoder
+
+    def _labeled(self, source: Source) -> Source:
+        """The source, or its class-balanced subset with `config.data.label_fraction` < 1 (low-label runs:
+        the probes fit on the same labeled examples)."""
+        data = self.config.data
+        return source if data.label_fraction == 1 else class_balanced_subset(source, data.label_fraction,
+                                                                             data.label_seed)
 
     def _batch_transform(self, batch_pp: str):
         """Batch-level ops (mixup, cutmix) mix labels, so integer labels become one-hot first."""
@@ -180,7 +187,7 @@ class Run:
     def eval_sources(self) -> dict:
         """The evaluation splits, built on first use (loading them costs time)."""
         data = self.config.data
-        return {"train": build_source(data.source, data.eval_train_split, data.image_size),
+        return {"train": self._labeled(build_source(data.source, data.eval_train_split, data.image_size)),
                 "test": build_source(data.source, data.eval_test_split, data.image_size)}
 
     def _jitted(self, fn):
