@@ -2,7 +2,7 @@
 
 The encoder is cut into layers from the input up: for a ViT the embeddings (patch embedding, cls
 token, position embedding), then each block; for a ResNet the stem, then each stage; for the
-small CNN each conv-BN stage. With L such layers, layer i (from 0) learns at decay^(L - i) of
+small CNN each conv-BN stage; for the fast-CIFAR net the stem, then each group. With L such layers, layer i (from 0) learns at decay^(L - i) of
 the learning rate, and everything above the encoder's last layer (a ViT's final norm, the heads)
 at the full rate. For a ViT this is MAE's rule: num_layers = depth + 1, embeddings layer 0,
 block j layer j + 1, the rest num_layers, scale = decay^(num_layers - layer_id).
@@ -15,6 +15,7 @@ from flax import nnx
 
 from vision_jax.errors import ConfigError
 from vision_jax.models.cnn import SmallCNN
+from vision_jax.models.fast_cifar import FastCifarNet
 from vision_jax.models.resnet import ResNet
 from vision_jax.models.vit import VisionTransformer
 from vision_jax.optim import ParamGroup
@@ -31,9 +32,11 @@ def encoder_layers(encoder: nnx.Module) -> list[str]:
             stages.append(rf"^encoder/blocks/({'|'.join(str(b) for b in range(first, first + size))})/")
             first += size
         return [r"^encoder/stem_"] + stages
+    if isinstance(encoder, FastCifarNet):
+        return [r"^encoder/stem_"] + [rf"^encoder/groups/{i}/" for i in range(len(encoder.groups))]
     if isinstance(encoder, SmallCNN):
         return [rf"^encoder/(convs|norms)/{i}/" for i in range(len(encoder.convs))]
-    raise ConfigError(f"config.optimizer.layer_decay knows the layers of ViT, ResNet and cnn encoders, not of "
+    raise ConfigError(f"config.optimizer.layer_decay knows the layers of ViT, ResNet, cnn and fast_cifar encoders, not of "
                       f"{type(encoder).__name__}; set --config.optimizer.layer_decay=1.0 (off).")
 
 
