@@ -145,3 +145,28 @@ def test_low_label_subset_is_class_balanced_seeded_and_made_of_the_source_exampl
     assert run.eval_sources["test"].num_examples == 360  # the held-out split is whole
     with pytest.raises(ConfigError, match=r"label_fraction=0.001 asks for 0 examples of each of 10 classes"):
         class_balanced_subset(source, 0.001, seed=0)
+
+
+def test_weight_ema_follows_weights_and_statistics_with_a_constant_decay_and_is_what_evaluation_reads(tmp_path):
+    run = supervised_run(tmp_path, "method.ema_decay=0.5", "optimizer.warmup_steps=0")
+    state = run.init_state()
+    p = [host(state)]
+    for _ in range(2):  # the step donates its input: keep host copies
+        state = train_steps(run, state, 1)
+        p.append(host(state))
+    # timm's ModelEmaV2 written out: ema_t = d * ema_(t-1) + (1 - d) * online_t, from ema_0 = online_0.
+    ema_params, ema_stats = p[0]["params"]["encoder"], p[0]["model_state"]["encoder"]
+    for t in (1, 2):
+        ema_params = jax.tree.map(lambda e, o: 0.5 * e + 0.5 * o, ema_params, p[t]["params"]["encoder"])
+        ema_stats = jax.tree.map(lambda e, o: 0.5 * e + 0.5 * o, ema_stats, p[t]["model_state"]["encoder"])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                     p[t]["ema"]["ema_encoder"], ema_params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                     p[t]["model_state"]["ema_encoder"], ema_stats)
+    assert set(p[2]["ema"]) == {"ema_encoder", "ema_classifier"}
+    # Evaluation reads the EMA networks: moving them alone moves the logits.
+    images = jnp.zeros((2, 16, 16, 3))
+    logits = lambda s: np.asarray(run._output_fns["method"]["logits"](s["params"], s["ema"], s["model_state"], images))  # noqa: E731
+    moved = {**state, "ema": {**state["ema"], "ema_classifier": jax.tree.map(lambda x: x + 1.0,
+                                                                              state["ema"]["ema_classifier"])}}
+    assert not np.allclose(logits(moved), logits(state))
