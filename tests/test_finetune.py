@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from helpers import saved_state
 
 from vision_jax import config as config_lib
@@ -100,8 +99,8 @@ def test_linear_evaluation_moves_only_the_head_and_never_the_encoder_statistics(
 
 
 def test_transfer_trains_the_head_alone_then_everything_and_resumes_across_the_boundary(tmp_path):
-    transfer = ["optimizer.warmup_steps=0", "optimizer.schedule=constant", "checkpoint.every_steps=1", "checkpoint.keep=5",
-                "checkpoint.use_async=False"]
+    transfer = ["optimizer.warmup_steps=0", "optimizer.schedule=constant", "checkpoint.every_steps=1",
+                "checkpoint.keep=5", "checkpoint.use_async=False"]
 
     def config(steps: int):
         c = config_lib.load_config("configs/supervised_digits.py:runlocal", [*TINY_CNN, *transfer])
@@ -166,7 +165,8 @@ def test_weight_ema_follows_weights_and_statistics_with_a_constant_decay_and_is_
     assert set(p[2]["ema"]) == {"ema_encoder", "ema_classifier"}
     # Evaluation reads the EMA networks: moving them alone moves the logits.
     images = jnp.zeros((2, 16, 16, 3))
-    logits = lambda s: np.asarray(run._output_fns["method"]["logits"](s["params"], s["ema"], s["model_state"], images))  # noqa: E731
+    predict = run._output_fns["method"]["logits"]
+    logits = lambda s: np.asarray(predict(s["params"], s["ema"], s["model_state"], images))  # noqa: E731
     moved = {**state, "ema": {**state["ema"], "ema_classifier": jax.tree.map(lambda x: x + 1.0,
                                                                               state["ema"]["ema_classifier"])}}
     assert not np.allclose(logits(moved), logits(state))

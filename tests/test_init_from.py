@@ -111,14 +111,15 @@ def test_vit_position_embedding_is_resampled_to_the_new_grid(tmp_path):
                                      [*vit, "data.image_size=16", "model.image_size=16",
                                       f"init.source={tmp_path / 'src'}"]), str(tmp_path / "new"))
     old = np.asarray(source_state["params"]["encoder"]["pos_embedding"])[0]  # [1 + 2*2, width]
-    new = np.asarray(run.init_state()["params"]["encoder"]["pos_embedding"])[0]  # [1 + 4*4, width]
+    encoder = run.init_state()["params"]["encoder"]
+    new = np.asarray(encoder["pos_embedding"])[0]  # [1 + 4*4, width]
     m = resample_matrix(2, 4)
     grid = old[1:].reshape(2, 2, -1)
     expected = np.einsum("yi,xj,ijd->yxd", m, m, grid).reshape(16, -1)
     np.testing.assert_array_equal(new[0], old[0])  # the cls token's slot is kept
     np.testing.assert_allclose(new[1:], expected, rtol=1e-5, atol=1e-6)
     # Everything else of the encoder is taken as it was.
-    np.testing.assert_array_equal(np.asarray(run.init_state()["params"]["encoder"]["patch_embed"]["kernel"]),
+    np.testing.assert_array_equal(np.asarray(encoder["patch_embed"]["kernel"]),
                                   np.asarray(source_state["params"]["encoder"]["patch_embed"]["kernel"]))
 
 
@@ -134,8 +135,10 @@ def test_bad_sources_are_one_line_errors(tmp_path, byol_source):
                                              "param_shapes": {}}, force=True)
         checkpointer.close()
     cases = [
-        (tmp_path / "nowhere", MissingDataError, r"config\.init\.source=.*nowhere.* does not exist; give a vision_jax workdir"),
-        (tmp_path / "untrained", MissingDataError, r"holds no checkpoint \(no .*/checkpoints folder\): train that run first"),
+        (tmp_path / "nowhere", MissingDataError,
+         r"config\.init\.source=.*nowhere.* does not exist; give a vision_jax workdir"),
+        (tmp_path / "untrained", MissingDataError,
+         r"holds no checkpoint \(no .*/checkpoints folder\): train that run first"),
         (tmp_path / "untrained_too", MissingDataError, r"holds no checkpoint \(.*checkpoints is empty\)"),
         (gan, ConfigError, r"is a dcgan run: its networks \(discriminator, generator\) generate images"),
         (tmp_path / "gan_unnamed", ConfigError, r"is a GAN run"),

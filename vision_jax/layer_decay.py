@@ -2,10 +2,12 @@
 
 The encoder is cut into layers from the input up: for a ViT the embeddings (patch embedding, cls
 token, position embedding), then each block; for a ResNet the stem, then each stage; for the
-small CNN each conv-BN stage; for the fast-CIFAR net the stem, then each group. With L such layers, layer i (from 0) learns at decay^(L - i) of
-the learning rate, and everything above the encoder's last layer (a ViT's final norm, the heads)
-at the full rate. For a ViT this is MAE's rule: num_layers = depth + 1, embeddings layer 0,
-block j layer j + 1, the rest num_layers, scale = decay^(num_layers - layer_id).
+small CNN each conv-BN stage; for the fast-CIFAR net the stem, then each group. With L such
+layers, layer i (from 0) learns at decay^(L - i) of the learning rate, and everything above the
+encoder's last layer (a ViT's final norm, the heads) at the full rate. For a ViT this is MAE's
+rule: num_layers = depth + 1, embeddings layer 0, block j layer j + 1, the rest num_layers,
+scale = decay^(num_layers - layer_id). A parameter takes the first group that matches it, so a
+config group over the encoder (e.g. a transfer run's frozen backbone) takes precedence.
 """
 from __future__ import annotations
 
@@ -36,8 +38,8 @@ def encoder_layers(encoder: nnx.Module) -> list[str]:
         return [r"^encoder/stem_"] + [rf"^encoder/groups/{i}/" for i in range(len(encoder.groups))]
     if isinstance(encoder, SmallCNN):
         return [rf"^encoder/(convs|norms)/{i}/" for i in range(len(encoder.convs))]
-    raise ConfigError(f"config.optimizer.layer_decay knows the layers of ViT, ResNet, cnn and fast_cifar encoders, not of "
-                      f"{type(encoder).__name__}; set --config.optimizer.layer_decay=1.0 (off).")
+    raise ConfigError(f"config.optimizer.layer_decay knows the layers of ViT, ResNet, cnn and fast_cifar "
+                      f"encoders, not of {type(encoder).__name__}; set --config.optimizer.layer_decay=1.0 (off).")
 
 
 def layer_decay_groups(decay: float, make_encoder: Callable[[nnx.Rngs], nnx.Module]) -> list[ParamGroup]:
