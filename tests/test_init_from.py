@@ -156,3 +156,11 @@ def test_bad_sources_are_one_line_errors(tmp_path, byol_source):
         fine_tune_run(tmp_path / "new", str(source), "init.network=teacher").init_state()
     with pytest.raises(MissingDataError, match=r"config\.init\.step=7: .* it has steps 1, 2"):
         fine_tune_run(tmp_path / "new", str(source), "init.step=7").init_state()
+
+
+def test_pretrained_is_the_former_name_of_init_source():
+    config = config_lib.load_config("configs/supervised_digits.py:runlocal", ["pretrained=/w/model.safetensors"])
+    assert (config.init.source, config.pretrained) == ("/w/model.safetensors", "")
+    with pytest.raises(ConfigError, match=r"both name a source; keep only --config\.init\.source"):
+        config_lib.load_config("configs/supervised_digits.py:runlocal", ["pretrained=/w/a.safetensors",
+                                                                          "init.source=/w/b"])
