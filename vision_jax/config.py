@@ -56,6 +56,9 @@ def default_config() -> ConfigDict:
     c.grad_accum_steps = 1
     c.log_every = 50
     c.eval_every = 0  # 0: run the evaluators only at the end of training
+    # The method's pictures (a GAN's sample grid) as PNGs in WORKDIR/pictures and TensorBoard
+    # images, every this many steps and at the end (0: at the end only).
+    c.pictures_every = 0
 
     c.model = ConfigDict({"name": "cnn"})
     # timm weights (.safetensors) the encoder starts from ('' = random init); models/pretrained.py.
@@ -67,6 +70,8 @@ def default_config() -> ConfigDict:
     c.optimizer.lr = 1e-3  # peak learning rate, reached after warmup
     c.optimizer.weight_decay = 0.0  # not applied to biases and normalization scales
     c.optimizer.momentum = 0.9  # sgd and lars
+    c.optimizer.b1 = 0.9  # adamw: Adam's betas (DCGAN: b1 0.5)
+    c.optimizer.b2 = 0.999
     c.optimizer.trust_coefficient = 0.001  # lars: eta in eta * ||w|| / ||g + wd * w||
     c.optimizer.warmup_steps = 0
     c.optimizer.schedule = "cosine"  # cosine | constant (after warmup)
@@ -303,6 +308,7 @@ def validate(config: ConfigDict) -> None:
 _AT_LEAST_ONE = ("total_steps", "batch_size", "checkpoint.keep", "data.eval_batch_size", "mesh.model")
 _ZERO_MEANS = {
     "log_every": "log only the last step", "eval_every": "evaluate only at the end",
+    "pictures_every": "pictures at the end only",
     "checkpoint.every_steps": "save only at the end and when stopped by a signal",
     "data.prefetch": "no prefetching", "data.image_size": "keep each image's own size",
     "optimizer.warmup_steps": "no warmup", "optimizer.grad_clip_norm": "no clipping",
