@@ -186,7 +186,8 @@ class Run:
         if self.device_augment is not None:
             # A pure function of (seed, step), like the host pipeline's randomness: resume-exact.
             batch = self.device_augment(batch, jax.random.fold_in(rng, 1))
-        return self.method.update(self.graphdef, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
+        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):  # for parallel.split_like_batch
+            return self.method.update(self.graphdef, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
     def compile_step(self):
         return jax.jit(self.train_step, in_shardings=(self.state_shardings, parallel.batch_sharding(self.mesh)),

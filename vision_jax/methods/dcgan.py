@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from vision_jax import optim
+from vision_jax import optim, parallel
 from vision_jax.errors import ConfigError
 from vision_jax.methods import METHODS
 from vision_jax.methods.base import Method, MethodSetup, Metrics
@@ -194,7 +194,7 @@ class DCGAN(Method):
         reals = images.reshape(per_update, self.n_disc, *images.shape[1:])
         d_history = []
         for k in range(self.n_disc):
-            z = jax.random.normal(jax.random.fold_in(rng, k), (per_update, self.latent_dim))
+            z = parallel.split_like_batch(jax.random.normal(jax.random.fold_in(rng, k), (per_update, self.latent_dim)))
             if k < self.n_disc - 1:
                 fake, model_state = generate(params["generator"], model_state, z)
             else:  # the last fakes also train G: keep the way back into it
@@ -259,7 +259,8 @@ class DCGAN(Method):
         warnings = {}
         ratio = summary.get("train/diversity_ratio")
         # Generators start out near one constant image; judge diversity once training is under way.
-        if ratio is not None and step >= min(500, self.length.total_steps // 5) and ratio < 0.2:
+        under_way = step >= max(100, min(500, self.length.total_steps // 5))
+        if ratio is not None and under_way and ratio < 0.2:
             warnings["collapse"] = (
                 f"the samples are collapsing: their mean pairwise distance is {ratio:.2f} of the real batch's "
                 f"(train/diversity_ratio; about 1 when as varied as the data). See the sample grid; try "
