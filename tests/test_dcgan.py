@@ -160,7 +160,8 @@ def test_a_tiny_run_end_to_end(tmp_path, capsys):
     # The sample CLI: 64 images are the run's own last grid; --interpolate draws 10 // 5 rows of 5,
     # each walking from the latent of seed 2r to that of seed 2r + 1, endpoints included.
     sample.main([f"--workdir={gan}", "--num=64", f"--out={tmp_path / 'grid.png'}"])
-    np.testing.assert_array_equal(read_png(tmp_path / "grid.png"), read_png(gan / "pictures" / "samples_step000004.png"))
+    last_grid = read_png(gan / "pictures" / "samples_step000004.png")
+    np.testing.assert_array_equal(read_png(tmp_path / "grid.png"), last_grid)
     sample.main([f"--workdir={gan}", "--num=10", "--steps=5", "--interpolate", f"--out={tmp_path / 'walk.png'}"])
     assert read_png(tmp_path / "walk.png").shape == (2 * 18 + 2, 5 * 18 + 2, 3)
     generator = sample.Generator(str(gan))

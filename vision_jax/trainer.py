@@ -103,7 +103,8 @@ class Run:
             if evaluator.output in given:
                 continue
             readers = [n for n in EVALUATORS.names() if getattr(EVALUATORS.get(n), "output", None) in given]
-            instead = f"evaluators that read what it gives: {', '.join(readers)}" if readers else "no evaluator reads it"
+            instead = (f"evaluators that read what it gives: {', '.join(readers)}" if readers
+                       else "no evaluator reads it")
             raise ConfigError(f"Evaluator {name!r} reads the {evaluator.output!r} output, which method "
                               f"{self.config.method.name!r} does not give (it gives {', '.join(sorted(given))}; "
                               f"{instead}): remove config.evaluators.{name} from the recipe.")

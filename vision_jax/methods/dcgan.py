@@ -204,7 +204,8 @@ class DCGAN(Method):
                 d_objective, has_aux=True)(params["discriminator"], model_state, reals[:, k],
                                            jax.lax.stop_gradient(fake))
             d_updates, opt_state = optimizer.tx.update({"discriminator": d_grads}, opt_state, params)
-            params = {**params, "discriminator": optax.apply_updates(params["discriminator"], d_updates["discriminator"])}
+            d_params = optax.apply_updates(params["discriminator"], d_updates["discriminator"])
+            params = {**params, "discriminator": d_params}
             d_history.append((d_loss, real_logits, fake_logits, d_grads))
 
         (g_loss, (fake_logits_after, model_state)), fake_grads = jax.value_and_grad(

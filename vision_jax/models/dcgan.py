@@ -39,7 +39,8 @@ def _num_upsamplings(image_size: int) -> int:
 
 
 class Generator(nnx.Module):
-    def __init__(self, latent_dim: int = DEFAULT_LATENT_DIM, image_size: int = 64, base_width: int = 64, channels: int = 3,
+    def __init__(self, latent_dim: int = DEFAULT_LATENT_DIM, image_size: int = 64, base_width: int = 64,
+                 channels: int = 3,
                  *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
         n = _num_upsamplings(image_size)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -102,7 +103,8 @@ def dcgan_generator(latent_dim: int = DEFAULT_LATENT_DIM, image_size: int = 64, 
 
 
 @MODELS.register("dcgan_discriminator")
-def dcgan_discriminator(latent_dim: int = DEFAULT_LATENT_DIM, image_size: int = 64, base_width: int = 64, channels: int = 3,
+def dcgan_discriminator(latent_dim: int = DEFAULT_LATENT_DIM, image_size: int = 64, base_width: int = 64,
+                        channels: int = 3,
                         *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                         rngs: nnx.Rngs) -> Discriminator:
     """`latent_dim` is accepted (and unused) so one options dict can build both networks."""
