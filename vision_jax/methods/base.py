@@ -174,9 +174,14 @@ class Method(abc.ABC):
         """Class logits in inference mode; methods that list 'logits' in `output_names` define it."""
         raise NotImplementedError(f"{type(self).__name__} has no classifier (outputs: {self.output_names}).")
 
+    def samples(self, model: nnx.Module, seeds: jax.Array) -> jax.Array:
+        """Generated images [B, H, W, C] in [-1, 1], one per integer seed [B] (the same seed, the same
+        image); generative methods that list 'samples' in `output_names` define it."""
+        raise NotImplementedError(f"{type(self).__name__} generates nothing (outputs: {self.output_names}).")
+
     def outputs(self) -> dict[str, Callable[[nnx.Module, jax.Array], jax.Array]]:
         """The named outputs evaluators can ask for."""
-        known = {"features": self.features, "logits": self.predict}
+        known = {"features": self.features, "logits": self.predict, "samples": self.samples}
         return {name: known[name] for name in self.output_names}
 
     def online_probe_outputs(self) -> dict[str, Callable[[nnx.Module, jax.Array], jax.Array]]:

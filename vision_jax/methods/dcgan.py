@@ -118,6 +118,10 @@ class DCGAN(Method):
             raise ConfigError(f"method.label_smoothing={label_smoothing} must be in [0, 1), and 0 with the hinge "
                               f"loss (it has no targets to smooth).")
         self.generator_options = dict(generator or {})
+        for fixed in ("image_size", "channels"):
+            if fixed in self.generator_options:
+                raise ConfigError(f"method.generator.{fixed} is the discriminator's (config.model.{fixed}); "
+                                  f"remove it from method.generator.")
         self.latent_dim = int(self.generator_options.get("latent_dim", DEFAULT_LATENT_DIM))
         self.loss_name, self.n_disc, self.label_smoothing = loss, n_disc, label_smoothing
 
@@ -127,10 +131,6 @@ class DCGAN(Method):
         discriminator = self.make_encoder(rngs)
         options = {**self.generator_options, "image_size": discriminator.image_size,
                    "channels": discriminator.channels}
-        for fixed in ("image_size", "channels"):
-            if fixed in self.generator_options:
-                raise ConfigError(f"method.generator.{fixed} is the discriminator's (config.model.{fixed}); "
-                                  f"remove it from method.generator.")
         return DCGANModel(discriminator, self.setup.make_model("dcgan_generator", options, rngs))
 
     def validate_batch(self, batch_shapes: dict[str, tuple[int, ...]]) -> None:
@@ -246,9 +246,6 @@ class DCGAN(Method):
 
     def samples(self, model: DCGANModel, seeds: jax.Array) -> jax.Array:
         return self.generate(model, self.latents(seeds))
-
-    def outputs(self):
-        return {"samples": self.samples}
 
     def pictures(self, model: DCGANModel, rng: jax.Array) -> dict[str, jax.Array]:
         """The samples of seeds 0..63 (fixed noise, so grids show training progress; the same
