@@ -184,3 +184,14 @@ def test_a_generator_that_does_not_make_the_datas_size_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"The generator makes 32x32x3 images but the data are 16x16x3: set "
                                           r"--config.model.image_size=16"):
         run.method.validate_batch({"image": first_batch(run)["image"].shape})  # what the trainer checks first
+
+
+def test_collapse_and_a_winning_discriminator_are_warned_once_training_is_under_way(tmp_path):
+    method = trainer.Run(config_lib.load_config(RECIPE, ["total_steps=1000"]), str(tmp_path)).method
+    healthy = {"train/diversity_ratio": 0.8, "train/d_real": 0.7, "train/d_fake": 0.3}
+    collapsed = {**healthy, "train/diversity_ratio": 0.05}
+    assert method.training_warnings(50, collapsed) == {}  # untrained generators make nearly one image
+    assert list(method.training_warnings(200, collapsed)) == ["collapse"]  # 1000 // 5 steps in
+    assert method.training_warnings(200, healthy) == {}
+    winning = {**healthy, "train/d_real": 0.995, "train/d_fake": 0.004}
+    assert list(method.training_warnings(10, winning)) == ["discriminator_wins"]
