@@ -5,9 +5,10 @@ resolution, built only through the registry (`vision_jax.models.MODELS.build`):
   - encoders (cnn 32px, resnet18 with the CIFAR stem 32px, resnet50 224px, vit S/16 and B/16
     224px): encoder (BatchNorm in train mode) + a `LinearClassifier` head (10 classes at 32px,
     1000 at 224px), softmax cross-entropy on integer labels, backward, optax AdamW update;
-  - dcgan (64px, z of 100): one discriminator update (real and fake batches) and one generator
-    update, as the PyTorch DCGAN example's step: G's forward runs once and the G gradient flows
-    back through the updated D; non-saturating BCE losses, AdamW(2e-4, b1=0.5) for each net.
+  - dcgan (64px, z of 100): the `dcgan` method's update (methods/dcgan.py), the PyTorch DCGAN
+    example's step: one discriminator update (real and fake batches), then one generator update
+    through the updated D, G's forward running once; non-saturating losses, AdamW(2e-4, betas
+    (0.5, 0.999), weight decay 0.05 on kernels) for each net, plus the method's logged metrics.
     images/s counts the real images (the batch) per step.
 AdamW is optax's (lr 1e-3, weight decay 0.05 on every parameter: the update's cost is what counts).
 Protocol: lower + compile (the compile time), --warmup untimed steps (1 on CPU, 5 elsewhere), then
@@ -60,7 +61,7 @@ GiB = 2**30
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
-    model: str  # registry name (the generator's, for the GAN)
+    model: str  # registry name (for the GAN, its discriminator: the dcgan method's config.model)
     options: dict
     image_size: int
     num_classes: int  # of the linear head; 0 for the GAN
@@ -76,7 +77,7 @@ BENCHMARKS = {
                          cpu_batch=8, gpu_batch=256),
     "vit_b16": Benchmark("vit", {"variant": "B", "patch_size": 16, "image_size": 224}, 224, 1000,
                          cpu_batch=8, gpu_batch=128),
-    "dcgan": Benchmark("dcgan_generator", {"image_size": 64, "latent_dim": 100}, 64, 0,
+    "dcgan": Benchmark("dcgan_discriminator", {"image_size": 64, "latent_dim": 100}, 64, 0,
                        cpu_batch=16, gpu_batch=256),
 }
 
@@ -359,58 +360,39 @@ def encoder_step(bench: Benchmark, batch: int, dtype, MODELS, flops_lib):
 
 
 def gan_step(bench: Benchmark, batch: int, dtype, MODELS, flops_lib):
-    """One D and one G update of DCGAN (the PyTorch example's step): (step, state, data, forward FLOPs)."""
+    """One update of the dcgan method (one D and one G update): (step, state, data, forward FLOPs)."""
     import jax
     import jax.numpy as jnp
-    import optax
     from flax import nnx
 
+    from vision_jax import schedules
+    from vision_jax.config import default_config
+    from vision_jax.methods import METHODS
+    from vision_jax.methods.base import MethodSetup
+
     kw = dict(dtype=dtype, param_dtype=jnp.float32)
-    generator = MODELS.build("dcgan_generator", bench.options, rngs=nnx.Rngs(0), **kw)
-    discriminator = MODELS.build("dcgan_discriminator", bench.options, rngs=nnx.Rngs(1), **kw)
-    g_def, g_params, g_rest = nnx.split(generator, nnx.Param, ...)
-    d_def, d_params, d_rest = nnx.split(discriminator, nnx.Param, ...)
-    tx = adamw(2e-4, b1=0.5)  # Radford et al. 2016: Adam, lr 2e-4, beta1 0.5
+    make_model = lambda name, options, rngs: MODELS.build(name, options, rngs=rngs, **kw)
+    setup = MethodSetup(lambda rngs: make_model("dcgan_discriminator", bench.options, rngs), num_classes=0,
+                        length=schedules.RunLength(1000, 1), model_name="dcgan_discriminator", make_model=make_model)
+    method = METHODS.build("dcgan", {"generator": {"latent_dim": bench.options["latent_dim"]}}, setup=setup)
+    model = method.init_model(nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    opt_config = default_config().optimizer
+    opt_config.update(lr=2e-4, b1=0.5, weight_decay=0.05, schedule="constant")  # Radford et al. 2016's Adam
+    optimizer = method.make_optimizer(opt_config, params)
     image_shape = (batch, bench.image_size, bench.image_size, 3)
     z_shape = (batch, bench.options["latent_dim"])
-    forward = (flops_lib.model_flops(generator, jax.ShapeDtypeStruct(z_shape, jnp.float32), train=True)
-               + flops_lib.model_flops(discriminator, jax.ShapeDtypeStruct(image_shape, jnp.float32), train=True))
-    rs = jax.random.split(jax.random.key(0))
-    data = {"image": jnp.tanh(jax.random.normal(rs[0], image_shape, jnp.float32)),
-            "z": jax.random.normal(rs[1], z_shape, jnp.float32)}
-
-    def bce(logits, target: float):
-        return optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)).mean()
+    forward = (flops_lib.model_flops(model.generator, jax.ShapeDtypeStruct(z_shape, jnp.float32), train=True)
+               + flops_lib.model_flops(model.discriminator, jax.ShapeDtypeStruct(image_shape, jnp.float32), train=True))
+    data = {"image": jnp.tanh(jax.random.normal(jax.random.key(0), image_shape, jnp.float32))}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "ema": {}, "model_state": rest,
+             "opt_state": optimizer.tx.init(params)}
 
     def step(state, data):
-        (g_params, g_rest, g_opt), (d_params, d_rest, d_opt) = state
+        state, metrics = method.update(graphdef, optimizer, state, data, jax.random.key(1))
+        return state, metrics["loss"]
 
-        def generate(g_params):
-            g = nnx.merge(g_def, g_params, g_rest, copy=True)
-            return g(data["z"], train=True), nnx.split(g, nnx.Param, ...)[2]
-
-        fake, g_vjp, g_rest = jax.vjp(generate, g_params, has_aux=True)
-
-        def d_loss(d_params, d_rest):  # real and fake as two batches, as the example (two BN batches)
-            d = nnx.merge(d_def, d_params, d_rest, copy=True)
-            loss = bce(d(data["image"], train=True), 1.0) + bce(d(jax.lax.stop_gradient(fake), train=True), 0.0)
-            return loss, nnx.split(d, nnx.Param, ...)[2]
-
-        (loss_d, d_rest), d_grads = jax.value_and_grad(d_loss, has_aux=True)(d_params, d_rest)
-        updates, d_opt = tx.update(d_grads, d_opt, d_params)
-        d_params = optax.apply_updates(d_params, updates)
-
-        def g_loss(fake, d_rest):  # non-saturating: D(G(z)) labelled real, through the updated D
-            d = nnx.merge(d_def, d_params, d_rest, copy=True)
-            return bce(d(fake, train=True), 1.0), nnx.split(d, nnx.Param, ...)[2]
-
-        (loss_g, d_rest), fake_grad = jax.value_and_grad(g_loss, has_aux=True)(fake, d_rest)
-        (g_grads,) = g_vjp(fake_grad)
-        updates, g_opt = tx.update(g_grads, g_opt, g_params)
-        g_params = optax.apply_updates(g_params, updates)
-        return ((g_params, g_rest, g_opt), (d_params, d_rest, d_opt)), loss_d + loss_g
-
-    state = ((g_params, g_rest, tx.init(g_params)), (d_params, d_rest, tx.init(d_params)))
     return step, state, data, forward
 
 

@@ -12,6 +12,8 @@ import time
 import jax
 import tensorflow as tf  # the event-file writer; tf is already the input pipeline's
 
+from vision_jax.pictures import write_png
+
 
 def _format_duration(seconds: float) -> str:
     seconds = int(seconds)
@@ -22,6 +24,7 @@ class MetricLogger:
     def __init__(self, workdir: str, total_steps: int):
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
+        self.workdir = workdir
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self._tensorboard = None
         if self.enabled:
@@ -48,6 +51,15 @@ class MetricLogger:
         with self._tensorboard.as_default(step=step):
             for key, value in metrics.items():
                 tf.summary.scalar(key, float(value))
+        self._tensorboard.flush()
+
+    def picture(self, step: int, name: str, picture) -> None:
+        """An HWC uint8 picture as WORKDIR/pictures/<name>_step<step>.png and a TensorBoard image."""
+        if not self.enabled:
+            return
+        write_png(os.path.join(self.workdir, "pictures", f"{name}_step{step:06d}.png"), picture)
+        with self._tensorboard.as_default(step=step):
+            tf.summary.image(f"pictures/{name}", picture[None])
         self._tensorboard.flush()
 
     def progress(self, step: int, loss: float, images_per_s: float, seconds_per_step: float) -> None:

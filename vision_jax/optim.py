@@ -154,7 +154,7 @@ def _group_transform(opt_config, group: ParamGroup, lr, wd) -> optax.GradientTra
     scaled_lr = lambda step: group.lr_scale * lr(step)
     decay = optax.add_decayed_weights(lambda step: group.wd_scale * wd(step), mask=_kernels)
     if opt_config.name == "adamw":  # optax.adamw's chain, with the moments held while frozen
-        parts = [hold(optax.scale_by_adam()), decay, optax.scale_by_learning_rate(scaled_lr)]
+        parts = [hold(optax.scale_by_adam(b1=opt_config.b1, b2=opt_config.b2)), decay, optax.scale_by_learning_rate(scaled_lr)]
     elif opt_config.name == "sgd":  # optax.sgd's chain after weight decay (PyTorch's SGD: decay, momentum, lr)
         parts = [decay, hold(optax.trace(decay=opt_config.momentum, nesterov=opt_config.nesterov)),
                  optax.scale_by_learning_rate(scaled_lr)]

@@ -78,6 +78,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def split_like_batch(x: jax.Array) -> jax.Array:
+    """`x` with its first axis split over 'data' as a batch is: for arrays a method makes inside the
+    train step that XLA would otherwise compute whole on every device (a GAN's latents, and so its
+    generator's whole forward pass). The trainer traces the step under its mesh; outside one
+    (a method called directly), `x` is returned as it is."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, P("data"))
+
+
 def rules_for(name: str) -> dict[str, str]:
     if name not in RULE_SETS:
         raise ConfigError(f"Unknown sharding rule set {name!r}; choose one of {', '.join(RULE_SETS)} "

@@ -76,12 +76,14 @@ class Run:
         MODELS.get(model_name)  # fail early on an unknown name, before building the method
         dtypes = {"dtype": precision.compute_dtype(config.precision.compute),
                   "param_dtype": precision.param_dtype(config.precision.params)}
-        self.make_encoder = lambda rngs: MODELS.build(model_name, model_options, rngs=rngs, **dtypes)
+        make_model = lambda name, options, rngs: MODELS.build(name, options, rngs=rngs, **dtypes)
+        self.make_encoder = lambda rngs: make_model(model_name, model_options, rngs)
         self.length = schedules.RunLength(config.total_steps,
                                           max(self.train_source.num_examples // config.batch_size, 1))
         setup = MethodSetup(self.make_encoder, self.train_source.num_classes, self.length, model_name,
-                            OnlineProbe(**config.online_probe), config.optimizer.lr)
+                            OnlineProbe(**config.online_probe), config.optimizer.lr, make_model)
         self.method = METHODS.build(config.method.name, options_of(config.method), setup=setup)
+        self._check_evaluators_have_their_outputs()
 
         abstract_model = nnx.eval_shape(lambda: self.method.init_model(nnx.Rngs(0)))
         self.graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
@@ -101,6 +103,19 @@ class Run:
         data = self.config.data
         return source if data.label_fraction == 1 else class_balanced_subset(source, data.label_fraction,
                                                                              data.label_seed)
+
+    def _check_evaluators_have_their_outputs(self) -> None:
+        """Each evaluator reads one named output; the method (or its online probe) must give it."""
+        given = set(self.method.output_names) | set(self.method.online_probe_outputs())
+        for name, evaluator in self.evaluators.items():
+            if evaluator.output in given:
+                continue
+            readers = [n for n in EVALUATORS.names() if getattr(EVALUATORS.get(n), "output", None) in given]
+            instead = (f"evaluators that read what it gives: {', '.join(readers)}" if readers
+                       else "no evaluator reads it")
+            raise ConfigError(f"Evaluator {name!r} reads the {evaluator.output!r} output, which method "
+                              f"{self.config.method.name!r} does not give (it gives {', '.join(sorted(given))}; "
+                              f"{instead}): remove config.evaluators.{name} from the recipe.")
 
     def _batch_transform(self, batch_pp: str):
         """Batch-level ops (mixup, cutmix) mix labels, so integer labels become one-hot first."""
@@ -175,7 +190,8 @@ class Run:
         if self.device_augment is not None:
             # A pure function of (seed, step), like the host pipeline's randomness: resume-exact.
             batch = self.device_augment(batch, jax.random.fold_in(rng, 1))
-        return self.method.update(self.graphdef, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
+        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):  # for parallel.split_like_batch
+            return self.method.update(self.graphdef, self.optimizer, state, batch, rng, self.config.grad_accum_steps)
 
     def compile_step(self):
         return jax.jit(self.train_step, in_shardings=(self.state_shardings, parallel.batch_sharding(self.mesh)),
@@ -227,16 +243,39 @@ class Run:
         eval_augment = self.config.data.eval_augment
         preprocess = AUGMENTATIONS.build(eval_augment.name, options_of(eval_augment))
         data = EvalData(self.eval_sources, preprocess, self.mesh, self.eval_batch_size)
-        return evaluate_all(self.evaluators, representations, data)
+        return evaluate_all(self.evaluators, representations, data, with_references=with_baselines)
 
     def results_caption(self, step: int) -> str:
+        """What the table measured: the run, and each evaluator's protocol."""
         c, fit, scored = self.config, self.eval_sources["train"], self.eval_sources["test"]
         origin = self.origin or init_from.read_origin(self.workdir)
-        return (f"Results at step {step}/{c.total_steps} (seed {c.seed}, global batch {c.batch_size}): "
-                f"{c.method.name} pretrained on {self.train_source.description}; probes fit on "
-                f"{fit.description} ({fit.num_examples} examples), "
-                f"scored on held-out {scored.description} ({scored.num_examples}). "
-                + (f"{origin.describe()}. " if origin else "") + "Accuracy in %.")
+        caption = (f"Results at step {step}/{c.total_steps} (seed {c.seed}, global batch {c.batch_size}): "
+                   f"{c.method.name} pretrained on {self.train_source.description}")
+        if any(e.output in ("features", "logits") for e in self.evaluators.values()):
+            caption += (f"; probes fit on {fit.description} ({fit.num_examples} examples), "
+                        f"scored on held-out {scored.description} ({scored.num_examples}). Accuracy in %")
+        protocols = [e.protocol() for e in self.evaluators.values() if hasattr(e, "protocol")]
+        return ". ".join([caption, *protocols, *([origin.describe()] if origin else [])]) + "."
+
+    # --- pictures ----------------------------------------------------------------------------
+
+    @functools.cached_property
+    def _pictures_fn(self):
+        """The method's pictures as a jitted function of the weights and a key, or None if it draws none."""
+        def draw(params, ema, model_state, rng):
+            return self.method.pictures(nnx.merge(self.graphdef, {**params, **ema}, model_state), rng)
+
+        key = jax.random.key(self.config.seed)
+        weights = (self.abstract_state["params"], self.abstract_state["ema"], self.abstract_state["model_state"])
+        if not jax.eval_shape(draw, *weights, key):
+            return None
+        return functools.partial(jax.jit(draw, out_shardings=parallel.replicated(self.mesh)), rng=key)
+
+    def pictures(self, state: TrainState) -> dict[str, np.ndarray]:
+        """The method's pictures of this state, {name: HWC uint8}; the same key at every call."""
+        if self._pictures_fn is None:
+            return {}
+        return jax.device_get(self._pictures_fn(state["params"], state["ema"], state["model_state"]))
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -360,6 +399,7 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
     since_log: list[dict] = []  # fetched metrics of the steps since the last log line
     last_saved = start or None
     collapse = CollapseMonitor(logger)
+    warned: set[str] = set()  # kinds of the method's training warnings already printed
     timer_step, timer_start = start, time.perf_counter()
     try:
         for step in range(start, config.total_steps):
@@ -371,7 +411,8 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
             log_now = (config.log_every and done % config.log_every == 0) or is_last
             save_now = checkpointer.should_save(done) or is_last or stopping
             eval_now = config.eval_every > 0 and done % config.eval_every == 0 and not (is_last or stopping)
-            if not (log_now or save_now or eval_now):
+            pictures_now = (config.pictures_every and done % config.pictures_every == 0) or is_last
+            if not (log_now or save_now or eval_now or pictures_now):
                 continue
             since_log += _check_finite(pending, last_saved, config, workdir)
             pending = []
@@ -385,6 +426,10 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
                 logger.write(done, summary)
                 logger.progress(done, summary["train/loss"], summary["train/images_per_s"], seconds_per_step)
                 collapse.observe(done, summary)
+                for kind, message in run.method.training_warnings(done, summary).items():
+                    if kind not in warned:
+                        warned.add(kind)
+                        logger.info(f"warning at step {done}: {message}")
                 timer_step, timer_start = done, time.perf_counter()
             if save_now:
                 bad = checkpoint.nonfinite_leaves(state)  # the loss can be finite while the update is not
@@ -402,6 +447,9 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
                 logger.write(done, {f"eval/{k}": v for k, v in results.items()})
                 logger.info(f"step {done} eval: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
                 timer_step, timer_start = done, time.perf_counter()
+            if pictures_now:
+                for name, picture in run.pictures(state).items():
+                    logger.picture(done, name, picture)
     finally:
         checkpointer.wait()
     return state

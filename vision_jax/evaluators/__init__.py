@@ -6,4 +6,4 @@ from vision_jax.registry import Registry
 
 EVALUATORS = Registry("evaluator")
 
-from vision_jax.evaluators import classification, knn, linear_probe  # noqa: E402,F401
+from vision_jax.evaluators import classification, fid, knn, linear_probe  # noqa: E402,F401

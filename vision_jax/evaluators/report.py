@@ -4,10 +4,12 @@ from __future__ import annotations
 from vision_jax.evaluators.features import EvalData, Representation
 
 
-def evaluate_all(evaluators: dict, representations: list[Representation],
-                 data: EvalData) -> dict[str, dict[str, float]]:
+def evaluate_all(evaluators: dict, representations: list[Representation], data: EvalData,
+                 with_references: bool = False) -> dict[str, dict[str, float]]:
     """{representation name: {'<evaluator>/<metric>': value}}; an evaluator scores the representations
-    that have the output it reads (`evaluator.output`), and the others' cells stay empty."""
+    that have the output it reads (`evaluator.output`), and the others' cells stay empty. With
+    `with_references`, evaluators that measure rows of their own without a representation (FID's
+    real-data floor: `evaluator.reference_rows(data)`) add them."""
     results = {}
     for representation in representations:
         row = {}
@@ -17,6 +19,10 @@ def evaluate_all(evaluators: dict, representations: list[Representation],
             for metric, value in evaluator(representation, data).items():
                 row[f"{name}/{metric}"] = value
         results[representation.name] = row
+    for name, evaluator in evaluators.items():
+        if with_references and hasattr(evaluator, "reference_rows"):
+            for row_name, metrics in evaluator.reference_rows(data).items():
+                results.setdefault(row_name, {}).update({f"{name}/{k}": v for k, v in metrics.items()})
     return results
 
 

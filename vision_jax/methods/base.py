@@ -2,7 +2,8 @@
 
 A method says what is learned, never how it is looped, placed or saved:
 
-- `build_model(rngs)`: one NNX module holding every trained part, with an `encoder` attribute.
+- `build_model(rngs)`: one NNX module holding every trained part, with an `encoder` attribute
+  (methods without a 'features' output, a GAN, may name their parts otherwise).
 - `followers`: {attribute: the attribute it follows}. A follower is a network that tracks another
   by an exponential moving average instead of learning by gradient: BYOL's target, MoCo's
   momentum encoder, DINO's teacher. `init_model` adds each as a copy of the module it follows
@@ -21,10 +22,16 @@ A method says what is learned, never how it is looped, placed or saved:
   non-Param variables and is updated in place inside the loss.
 - `update(...)`: the whole update of one step. The default (methods/gradient_step.py) is a
   gradient step with optional accumulation, then the EMA of the followers; a method that needs
-  several models and optimizers (a GAN) overrides it and `make_optimizer`.
-- Outputs for evaluation, by name (`output_names`): 'features' (every method: what kNN and linear
-  probes see) and 'logits' (methods with a classifier, via `predict`). Evaluators ask for the
-  output they need.
+  several models and optimizers (a GAN, methods/dcgan.py) overrides it and `make_optimizer`, and
+  then needs no `loss`.
+- Outputs for evaluation, by name (`output_names`): 'features' (what kNN and linear probes see),
+  'logits' (methods with a classifier, via `predict`), 'samples' (generative methods: images from
+  integer seeds, what FID reads). Evaluators ask for the output they need.
+- `pictures(model, rng)`: images worth looking at (a GAN's sample grid), as {name: HWC uint8};
+  the trainer writes them as PNGs and TensorBoard images every `config.pictures_every` steps and
+  at the end. `rng` is the same key at every call.
+- `training_warnings(step, summary)`: the method's own reading of its logged metrics (a GAN's
+  collapse); the trainer prints each kind of warning once.
 
 With `online_probe`, every method also trains a linear classifier on the stop-gradient features
 its loss reports (`LossOutput.probe_features`), in the same step, with its own learning rate and
@@ -44,6 +51,7 @@ from flax import nnx
 from vision_jax import optim, schedules
 from vision_jax.errors import ConfigError
 from vision_jax.layer_decay import layer_decay_groups
+from vision_jax.models import MODELS
 from vision_jax.models.heads import LinearClassifier, l2_normalize
 
 Metrics = dict[str, jax.Array]
@@ -67,6 +75,9 @@ class MethodSetup:
     model_name: str = ""  # the encoder's registry name, for methods whose options need a kind of encoder
     online_probe: OnlineProbe = OnlineProbe()
     optimizer_lr: float = 1.0  # the main optimizer's peak learning rate (the probe's lr is relative to it)
+    # Builds any registered model (name, options, rngs) in the run's precision: a method's other networks.
+    make_model: Callable[[str, dict, nnx.Rngs], nnx.Module] = lambda name, options, rngs: MODELS.build(
+        name, options, rngs=rngs)
 
 
 class StepInfo(NamedTuple):
@@ -119,9 +130,10 @@ class Method(abc.ABC):
                                            wd_scale=0.0))
         return groups
 
-    @abc.abstractmethod
     def loss(self, model: nnx.Module, batch: dict[str, Any], step: StepInfo) -> LossOutput:
-        """The loss of one global batch, in training mode; metrics are logged (averaged between log lines)."""
+        """The loss of one global batch, in training mode; metrics are logged (averaged between log lines).
+        Every method that keeps the default `update` defines it."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither a loss nor its own update.")
 
     def objective(self, model: nnx.Module, batch: dict[str, Any], step: StepInfo) -> tuple[jax.Array, Metrics]:
         """What the gradient step minimizes: the method's loss, plus the online probe's if enabled.
@@ -164,9 +176,14 @@ class Method(abc.ABC):
         """Class logits in inference mode; methods that list 'logits' in `output_names` define it."""
         raise NotImplementedError(f"{type(self).__name__} has no classifier (outputs: {self.output_names}).")
 
+    def samples(self, model: nnx.Module, seeds: jax.Array) -> jax.Array:
+        """Generated images [B, H, W, C] in [-1, 1], one per integer seed [B] (the same seed, the same
+        image); generative methods that list 'samples' in `output_names` define it."""
+        raise NotImplementedError(f"{type(self).__name__} generates nothing (outputs: {self.output_names}).")
+
     def outputs(self) -> dict[str, Callable[[nnx.Module, jax.Array], jax.Array]]:
         """The named outputs evaluators can ask for."""
-        known = {"features": self.features, "logits": self.predict}
+        known = {"features": self.features, "logits": self.predict, "samples": self.samples}
         return {name: known[name] for name in self.output_names}
 
     def online_probe_outputs(self) -> dict[str, Callable[[nnx.Module, jax.Array], jax.Array]]:
@@ -175,6 +192,14 @@ class Method(abc.ABC):
             return {}
         # The probe learned on the online encoder's features (a teacher's may differ).
         return {"logits": lambda model, images: model.online_probe(model.encoder(images, train=False))}
+
+    def pictures(self, model: nnx.Module, rng: jax.Array) -> dict[str, jax.Array]:
+        """Pictures to write as {name: HWC uint8 array}; none by default."""
+        return {}
+
+    def training_warnings(self, step: int, summary: dict[str, float]) -> dict[str, str]:
+        """{kind: message} about the run's health, from one log line's averaged metrics ('train/...')."""
+        return {}
 
     def validate_batch(self, batch_shapes: dict[str, tuple[int, ...]]) -> None:
         """Raises a ConfigError if this method cannot train on batches of these shapes (e.g. crops

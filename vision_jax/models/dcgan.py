@@ -27,6 +27,7 @@ from vision_jax.models.layers import CONV_KERNEL_AXES, BatchNorm, Dtype, flat_no
 # The paper's and the DCGAN example's `weights_init`: conv weights N(0, 0.02), BatchNorm scales N(1, 0.02).
 conv_init = functools.partial(flat_normal, std=0.02)
 bn_scale_init = functools.partial(flat_normal, mean=1.0, std=0.02)
+DEFAULT_LATENT_DIM = 100  # the paper's z
 
 
 def _num_upsamplings(image_size: int) -> int:
@@ -38,7 +39,8 @@ def _num_upsamplings(image_size: int) -> int:
 
 
 class Generator(nnx.Module):
-    def __init__(self, latent_dim: int = 100, image_size: int = 64, base_width: int = 64, channels: int = 3,
+    def __init__(self, latent_dim: int = DEFAULT_LATENT_DIM, image_size: int = 64, base_width: int = 64,
+                 channels: int = 3,
                  *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
         n = _num_upsamplings(image_size)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -94,14 +96,15 @@ class Discriminator(nnx.Module):
 
 
 @MODELS.register("dcgan_generator")
-def dcgan_generator(latent_dim: int = 100, image_size: int = 64, base_width: int = 64, channels: int = 3,
+def dcgan_generator(latent_dim: int = DEFAULT_LATENT_DIM, image_size: int = 64, base_width: int = 64, channels: int = 3,
                     *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                     rngs: nnx.Rngs) -> Generator:
     return Generator(latent_dim, image_size, base_width, channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 @MODELS.register("dcgan_discriminator")
-def dcgan_discriminator(latent_dim: int = 100, image_size: int = 64, base_width: int = 64, channels: int = 3,
+def dcgan_discriminator(latent_dim: int = DEFAULT_LATENT_DIM, image_size: int = 64, base_width: int = 64,
+                        channels: int = 3,
                         *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                         rngs: nnx.Rngs) -> Discriminator:
     """`latent_dim` is accepted (and unused) so one options dict can build both networks."""
