@@ -19,6 +19,8 @@ METHODS = {
     "mocov3": dict(name="mocov3", temperature=0.2, base_momentum=0.99, hidden_dim=512, projection_dim=64),
     "dino": dict(name="dino", out_dim=1024, hidden_dim=512, bottleneck_dim=64, base_momentum=0.99,
                  warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=5),
+    "mae": dict(name="mae", mask_ratio=0.75, norm_pix_loss=False, decoder_width=128, decoder_depth=2,
+                decoder_heads=4),
 }
 
 
@@ -30,7 +32,11 @@ def get_config(arg=None):
     c = simclr_digits.get_config(f"runlocal={arg.runlocal},steps={arg.steps},seed={arg.seed}")
     c.method = METHODS[arg.method]
     views = dict(crop_scale=(0.3, 1.0), flip=False, jitter_strength=0.5)
-    if arg.method == "dino":
+    if arg.method == "mae":  # a 4-block ViT-Ti on 4x4 patches of the 16 px digits (16 patches, 4 visible)
+        c.model = dict(name="vit", variant="Ti", depth=4, patch_size=4, image_size=16, posemb="sincos2d")
+        c.data.augment = dict(name="mae", crop_scale=(0.3, 1.0), flip=False)
+        c.optimizer.update(betas=(0.9, 0.95), weight_decay=0.05)
+    elif arg.method == "dino":
         c.data.augment = dict(name="dino", global_size=16, global_scale=(0.3, 1.0), num_local=4, local_size=8,
                               local_scale=(0.1, 0.3), flip=False)
     else:

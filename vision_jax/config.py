@@ -67,6 +67,7 @@ def default_config() -> ConfigDict:
     c.optimizer.lr = 1e-3  # peak learning rate, reached after warmup
     c.optimizer.weight_decay = 0.0  # not applied to biases and normalization scales
     c.optimizer.momentum = 0.9  # sgd and lars
+    c.optimizer.betas = (0.9, 0.999)  # adamw: Adam's (b1, b2) moment decays; MAE uses (0.9, 0.95)
     c.optimizer.trust_coefficient = 0.001  # lars: eta in eta * ||w|| / ||g + wd * w||
     c.optimizer.warmup_steps = 0
     c.optimizer.schedule = "cosine"  # cosine | constant (after warmup)
@@ -101,6 +102,9 @@ def default_config() -> ConfigDict:
 
     # name -> options; run every eval_every steps and at the end.
     c.evaluators = ConfigDict()
+    # Held-out images a method that draws pictures (MAE's reconstructions) shows at each evaluation
+    # and at the end, as PNGs in WORKDIR/pictures/ and TensorBoard images; 0: none.
+    c.num_pictures = 8
     # Feature baselines measured in the final evaluation beside the trained model.
     c.eval_baselines = ("random_init", "raw_pixels")
 
@@ -306,7 +310,7 @@ _ZERO_MEANS = {
     "checkpoint.every_steps": "save only at the end and when stopped by a signal",
     "data.prefetch": "no prefetching", "data.image_size": "keep each image's own size",
     "optimizer.warmup_steps": "no warmup", "optimizer.grad_clip_norm": "no clipping",
-    "optimizer.weight_decay": "no decay", "optimizer.lr": "no updates",
+    "optimizer.weight_decay": "no decay", "optimizer.lr": "no updates", "num_pictures": "no pictures",
 }
 
 

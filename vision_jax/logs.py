@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 import tensorflow as tf  # the event-file writer; tf is already the input pipeline's
 
 
@@ -23,6 +24,7 @@ class MetricLogger:
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self.pictures_dir = os.path.join(workdir, "pictures")
         self._tensorboard = None
         if self.enabled:
             self._tensorboard = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
@@ -48,6 +50,18 @@ class MetricLogger:
         with self._tensorboard.as_default(step=step):
             for key, value in metrics.items():
                 tf.summary.scalar(key, float(value))
+        self._tensorboard.flush()
+
+    def write_pictures(self, step: int, pictures: dict[str, np.ndarray]) -> None:
+        """Writes uint8 [H, W, 3] pictures as WORKDIR/pictures/<name>_step<step>.png and as
+        TensorBoard images ('pictures/<name>')."""
+        if not self.enabled or not pictures:
+            return
+        tf.io.gfile.makedirs(self.pictures_dir)
+        with self._tensorboard.as_default(step=step):
+            for name, picture in pictures.items():
+                tf.io.write_file(os.path.join(self.pictures_dir, f"{name}_step{step}.png"), tf.io.encode_png(picture))
+                tf.summary.image(f"pictures/{name}", picture[None])
         self._tensorboard.flush()
 
     def progress(self, step: int, loss: float, images_per_s: float, seconds_per_step: float) -> None:

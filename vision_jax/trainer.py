@@ -29,6 +29,7 @@ from flax import nnx
 from vision_jax import checkpoint, parallel, precision, preemption, schedules
 from vision_jax import workdir as workdir_lib
 from vision_jax.data import pipeline, pp
+from vision_jax.data.ops import model_range_to_uint8
 from vision_jax.data.sources import build_source
 from vision_jax.data.device_augment import DEVICE_AUGMENTATIONS
 from vision_jax.data.views import AUGMENTATIONS
@@ -226,6 +227,32 @@ class Run:
         data = EvalData(self.eval_sources, preprocess, self.mesh, self.eval_batch_size)
         return evaluate_all(self.evaluators, representations, data)
 
+    def pictures(self, state: TrainState) -> dict[str, np.ndarray]:
+        """The method's pictures (`Method.pictures`) of the first `config.num_pictures` held-out
+        images, as uint8 [H, W, 3] arrays; {} for methods that draw none."""
+        if self.method.pictures is None or self.config.num_pictures == 0:
+            return {}
+        eval_augment = self.config.data.eval_augment
+        preprocess = AUGMENTATIONS.build(eval_augment.name, options_of(eval_augment))
+        local = next(pipeline.eval_batches(self.eval_sources["test"], preprocess, global_batch=self.eval_batch_size,
+                                           process_index=jax.process_index(), process_count=jax.process_count()))
+        images = parallel.to_global_batch(local, parallel.batch_sharding(self.mesh))["image"]
+        drawn = self._draw_pictures(state["params"], state["ema"], state["model_state"], images)
+        # The model's range is the training views' ([-1, 1], or ImageNet-standardized).
+        normalized = bool(options_of(self.config.data.augment).get("normalize", False))
+        return {name: model_range_to_uint8(picture, normalized) for name, picture in drawn.items()}
+
+    @functools.cached_property
+    def _draw_pictures(self):
+        count = min(self.config.num_pictures, self.eval_sources["test"].num_examples, self.eval_batch_size)
+        key = jax.random.fold_in(jax.random.key(self.config.seed), 3)  # the same masks or noise at every point
+
+        def draw(params, ema, model_state, images):
+            model = nnx.merge(self.graphdef, {**params, **ema}, model_state)
+            return self.method.pictures(model, images[:count], key)
+
+        return jax.jit(draw, out_shardings=parallel.replicated(self.mesh))
+
     def results_caption(self, step: int) -> str:
         c, fit, scored = self.config, self.eval_sources["train"], self.eval_sources["test"]
         return (f"Results at step {step}/{c.total_steps} (seed {c.seed}, global batch {c.batch_size}): "
@@ -309,6 +336,7 @@ def _train(config, workdir: str, checkpointer: checkpoint.Checkpointer) -> dict[
                     + (f"; resuming from step {start}" if start else ""))
         state = _train_loop(run, state, start, stop, checkpointer, logger)
 
+    logger.write_pictures(config.total_steps, run.pictures(state))
     results = {}
     if run.evaluators:
         results = run.evaluate(state, with_baselines=True)
@@ -391,10 +419,13 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
                 checkpointer.wait()
                 raise Preempted(f"Stopped by {stop.received} after step {done}; its state is saved in "
                                 f"{checkpointer.directory}.", done)
+            if eval_now:
+                logger.write_pictures(done, run.pictures(state))
             if eval_now and run.evaluators:
                 results = run.evaluate(state, with_baselines=False)[config.method.name]
                 logger.write(done, {f"eval/{k}": v for k, v in results.items()})
                 logger.info(f"step {done} eval: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
+            if eval_now:
                 timer_step, timer_start = done, time.perf_counter()
     finally:
         checkpointer.wait()

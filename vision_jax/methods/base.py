@@ -24,6 +24,9 @@ A method says what is learned, never how it is looped, placed or saved:
 - Outputs for evaluation, by name (`output_names`): 'features' (every method: what kNN and linear
   probes see) and 'logits' (methods with a classifier, via `predict`). Evaluators ask for the
   output they need.
+- `pictures` (optional): `pictures(model, images, rng) -> {name: [H, W, 3] float image}`, images
+  to look at drawn from held-out `images` (MAE's reconstructions), in the images' value range; the
+  trainer writes them as PNGs and TensorBoard images at each evaluation and at the end.
 
 With `online_probe`, every method also trains a linear classifier on the stop-gradient features
 its loss reports (`LossOutput.probe_features`), in the same step, with its own learning rate and
@@ -82,6 +85,7 @@ class LossOutput(NamedTuple):
 class Method(abc.ABC):
     followers: dict[str, str] = {}
     output_names: tuple[str, ...] = ("features",)
+    pictures: Callable[[nnx.Module, jax.Array, jax.Array], dict[str, jax.Array]] | None = None
 
     def __init__(self, setup: MethodSetup):
         self.setup = setup
