@@ -1,13 +1,17 @@
-r"""BYOL, MoCo v3 or DINO on scikit-learn's digits with the small CNN: the teacher-student methods
-on the main job's data, optimizer and evaluation (configs/simclr_digits.py), in a few minutes
-on 2 CPU cores.
+r"""BYOL, MoCo v3, DINO or MAE on scikit-learn's digits: the teacher-student methods with the small
+CNN, MAE with a small ViT, on the main job's data, optimizer and evaluation
+(configs/simclr_digits.py), in a few minutes on 2 CPU cores.
 
     python -m vision_jax.train --config=configs/ssl_digits.py:method=byol --workdir=/tmp/vj/byol_digits
     python -m vision_jax.train --config=configs/ssl_digits.py:method=dino,runlocal --workdir=/tmp/vj/smoke
+    python -m vision_jax.train --config=configs/ssl_digits.py:method=mae,runlocal --workdir=/tmp/vj/smoke_mae
 
 Heads are small (512 hidden), the EMA momentum starts at 0.99 (runs of hundreds of steps), and
 the views are SimCLR's digit views (no flip), two per image; DINO adds 4 local crops of 8 px.
-An online linear probe trains beside each method.
+MAE trains a 4-block ViT-Ti on 4x4 patches of the 16 px digits (16 patches, 4 visible) with a
+128-wide, 2-block decoder, on crops without flip, AdamW with MAE's betas (0.9, 0.95) and weight
+decay 0.05; its reconstructions are drawn in WORKDIR/pictures/. An online linear probe trains
+beside each method.
 """
 import simclr_digits
 from vision_jax.config import parse_arg
