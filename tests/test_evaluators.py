@@ -183,6 +183,26 @@ def test_classification_is_the_top1_of_the_model_logits_on_the_test_split():
     assert evaluate_all({"classification": Classification()}, [REPRESENTATION], data) == {"r": {}}
 
 
+def test_top5_and_per_class_accuracy_equal_a_loop_written_count():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(60, 8)).astype(np.float32)
+    labels = rng.integers(0, 8, 60)
+    data = FixedFeatures(None, None, test_logits=(logits, labels))
+    scores = Classification(per_class=True)(Representation("r", {"logits": lambda images: images}), data)
+    in_top5 = 0
+    hits, counts = [0] * 8, [0] * 8
+    for row, label in zip(logits.tolist(), labels.tolist()):
+        ranked = sorted(range(8), key=lambda k: -row[k])
+        in_top5 += label in ranked[:5]
+        counts[label] += 1
+        hits[label] += ranked[0] == label
+    assert scores["top5"] == pytest.approx(100 * in_top5 / 60)
+    assert scores["top1"] == pytest.approx(100 * sum(hits) / 60)
+    for k in range(8):
+        assert scores[f"class_{k}"] == pytest.approx(100 * hits[k] / counts[k])
+    assert 0 < scores["top1"] < scores["top5"] < 100
+
+
 # --- feature extraction ------------------------------------------------------------------------
 
 def test_features_are_extracted_in_order_with_the_padding_of_the_last_batch_dropped():

@@ -22,6 +22,8 @@ TESTS = Path(__file__).parent
 # (model, option) -> (test file, test function) that checks the option's effect through MODELS.build.
 OPTION_TESTS = {
     ("cnn", "widths"): ("test_model_options.py", "test_cnn_widths_set_each_stage_and_the_feature_size"),
+    ("fast_cifar", "stem_width"): ("test_model_options.py", "test_fast_cifar_widths_set_the_stem_and_each_group"),
+    ("fast_cifar", "widths"): ("test_model_options.py", "test_fast_cifar_widths_set_the_stem_and_each_group"),
     ("resnet", "depth"): ("test_models.py", "test_resnet_parameter_counts_match_torchvision"),
     ("resnet", "stem"): ("test_models.py", "test_cifar_stem_keeps_resolution_and_imagenet_stem_reduces_it"),
     ("resnet", "width_multiplier"): ("test_models.py", "test_wide_resnet50_matches_simclr_sizes"),
@@ -55,6 +57,7 @@ FRAMEWORK_OPTIONS = ("dtype", "param_dtype")
 # Small instances of each model and an input batch for them.
 SMALL = {
     "cnn": ({"widths": (8, 16)}, (2, 8, 8, 3)),
+    "fast_cifar": ({"stem_width": 4, "widths": (8, 8, 16)}, (2, 16, 16, 3)),
     "resnet": ({"depth": 18, "stem": "cifar"}, (2, 16, 16, 3)),
     "vit": ({"variant": "Ti", "patch_size": 8, "image_size": 16}, (2, 16, 16, 3)),
     "dcgan_generator": ({"image_size": 32, "base_width": 8}, (2, 100)),
@@ -157,6 +160,19 @@ def test_cnn_widths_set_each_stage_and_the_feature_size():
     assert param_count(model) == sum(9 * a * b + 2 * b for a, b in zip(channels[:-1], channels[1:]))
     assert output_shape(model, "__call__", jnp.zeros((2, 16, 16, 3)), train=False).shape == (2, 12)
     assert model.num_features == 12
+
+
+def test_fast_cifar_widths_set_the_stem_and_each_group():
+    model = abstract("fast_cifar", {"stem_width": 6, "widths": (4, 8, 12)})
+    # airbench's layout: a 3x3 stem conv + BN, then per group two bias-free 3x3 convs, each with a BN.
+    expected = 9 * 3 * 6 + 2 * 6
+    for cin, cout in zip((6, 4, 8), (4, 8, 12)):
+        expected += 9 * cin * cout + 2 * cout + 9 * cout * cout + 2 * cout
+    assert param_count(model) == expected
+    assert model.num_features == 12
+    # Each group halves the resolution (16 -> 2 after three); the features are a global max pool.
+    assert output_shape(model, "__call__", jnp.zeros((2, 16, 16, 3)), train=False).shape == (2, 12)
+    assert count(traced_equations(model, (2, 16, 16, 3), train=False), "reduce_window_max") == 3
 
 
 # --- resnet --------------------------------------------------------------------------------------

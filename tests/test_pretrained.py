@@ -1,4 +1,4 @@
-"""config.pretrained: the trainer's encoder starts from timm-layout weights in a .safetensors file
+"""config.init.source with a timm file: the trainer's encoder starts from timm-layout weights in a .safetensors file
 (the file is written here in torchvision/timm ResNet-18 layout; tests/test_timm.py checks the
 converters against timm itself when torch is installed)."""
 from __future__ import annotations
@@ -50,7 +50,7 @@ def resnet18_timm_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
 def resnet18_config(workdir, pretrained: str):
     c = config_lib.load_config("configs/supervised_digits.py:runlocal")
     c.model = dict(name="resnet", depth=18, stem="imagenet")
-    c.pretrained = pretrained
+    c.init.source = pretrained
     return c
 
 
@@ -69,7 +69,7 @@ def test_encoder_starts_from_the_pretrained_weights_and_random_init_does_not(tmp
                                   weights["layer2.0.downsample.1.running_var"])
     # The method's own head is not in the file: it keeps its fresh initialization, as does the
     # random_init baseline's encoder.
-    fresh = run.init_state(pretrained=False)
+    fresh = run.init_state(from_init=False)
     np.testing.assert_array_equal(np.asarray(state["params"]["classifier"]["linear"]["kernel"]),
                                   np.asarray(fresh["params"]["classifier"]["linear"]["kernel"]))
     assert not np.allclose(np.asarray(fresh["params"]["encoder"]["stem_conv"]["kernel"]),
@@ -78,7 +78,7 @@ def test_encoder_starts_from_the_pretrained_weights_and_random_init_does_not(tmp
 
 def test_missing_pretrained_file_is_a_clear_error(tmp_path):
     run = Run(resnet18_config(tmp_path, str(tmp_path / "nope.safetensors")), str(tmp_path))
-    with pytest.raises(MissingDataError, match=r"No pretrained weights at .*nope\.safetensors.*config\.pretrained"):
+    with pytest.raises(MissingDataError, match=r"config\.init\.source=.*nope\.safetensors.* does not exist"):
         run.init_state()
 
 
@@ -90,7 +90,7 @@ def test_followers_start_from_the_pretrained_encoder_and_train(tmp_path):
     c = config_lib.load_config("configs/ssl_digits.py:method=byol,runlocal",
                                ["method.projection_hidden_dim=16", "method.prediction_hidden_dim=16", "batch_size=8"])
     c.model = dict(name="resnet", depth=18, stem="imagenet")
-    c.pretrained = str(path)
+    c.init.source = str(path)
     run = Run(c, str(tmp_path))
     state = run.init_state()
     np.testing.assert_array_equal(np.asarray(state["ema"]["target_encoder"]["stem_conv"]["kernel"]),

@@ -189,7 +189,7 @@ def test_online_probe_row_metrics_and_collapse_metric_in_a_run(tmp_path):
                                      "evaluators.linear_probe.epochs=1"])
     results = trainer.train(config, str(tmp_path))
     assert set(results) == {"mocov3", "mocov3 (online probe)"}
-    assert set(results["mocov3 (online probe)"]) == {"classification/top1"}  # the probe's own classifier
+    assert set(results["mocov3 (online probe)"]) == {"classification/top1", "classification/top5"}  # the probe's own classifier
     assert "classification/top1" not in results["mocov3"]  # offline probes only in the method's row
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     for key in ("train/online_probe/train_accuracy", "train/embedding_std", "train/ema_momentum",

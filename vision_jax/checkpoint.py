@@ -32,10 +32,12 @@ from vision_jax.errors import CheckpointError
 CORRUPT_FOLDER = "corrupt_checkpoints"  # in the workdir, beside checkpoints/
 
 
-def model_signature(abstract_params: Any, model_config: dict) -> dict:
+def model_signature(abstract_params: Any, model_config: dict, method: str = "") -> dict:
+    """What a checkpoint says about the model it holds (the method name lets another run starting
+    from it, `config.init`, tell what kind of run it was without its config.json)."""
     shapes = {jax.tree_util.keystr(path): list(leaf.shape)
               for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)}
-    return {"model": model_config, "param_shapes": shapes}
+    return {"model": model_config, "method": method, "param_shapes": shapes}
 
 
 def nonfinite_leaves(state: Any) -> list[str]:

@@ -58,8 +58,12 @@ def default_config() -> ConfigDict:
     c.eval_every = 0  # 0: run the evaluators only at the end of training
 
     c.model = ConfigDict({"name": "cnn"})
-    # timm weights (.safetensors) the encoder starts from ('' = random init); models/pretrained.py.
-    c.pretrained = ""
+    # Where the encoder starts (vision_jax/init_from.py): source '' = random init; a vision_jax
+    # workdir (its checkpoint of `step`, -1 = the latest), one checkpoint (WORKDIR/checkpoints/STEP),
+    # or a timm .safetensors file. `network`: the source's online 'encoder' or a follower (EMA
+    # teacher), e.g. 'teacher_encoder'. Heads always start fresh.
+    c.init = ConfigDict({"source": "", "step": -1, "network": "encoder"})
+    c.pretrained = ""  # the former name of init.source (timm files only), kept as an alias
     c.method = ConfigDict({"name": "supervised"})
 
     c.optimizer = ConfigDict()
@@ -68,6 +72,10 @@ def default_config() -> ConfigDict:
     c.optimizer.weight_decay = 0.0  # not applied to biases and normalization scales
     c.optimizer.momentum = 0.9  # sgd and lars
     c.optimizer.betas = (0.9, 0.999)  # adamw: Adam's (b1, b2) moment decays; MAE uses (0.9, 0.95)
+    c.optimizer.nesterov = False  # sgd: Nesterov momentum
+    # Layer-wise lr decay (vision_jax/layer_decay.py): encoder layer i of L learns at decay^(L - i)
+    # of the rate, heads at the full rate. 1.0: off; MAE fine-tunes ViT-B with 0.65, BEiT 0.75.
+    c.optimizer.layer_decay = 1.0
     c.optimizer.trust_coefficient = 0.001  # lars: eta in eta * ||w|| / ||g + wd * w||
     c.optimizer.warmup_steps = 0
     c.optimizer.schedule = "cosine"  # cosine | constant (after warmup)
@@ -90,6 +98,10 @@ def default_config() -> ConfigDict:
     c.data.train_split = "train[:80%]"
     c.data.eval_train_split = "train[:80%]"  # what kNN and the linear probe fit on
     c.data.eval_test_split = "train[80%:]"  # what they are scored on (held out)
+    # Low-label training (SimCLR's 1% / 10%): a class-balanced subset of this fraction of the train
+    # and eval_train splits, drawn with label_seed (the same subset whatever config.seed); 1.0: all.
+    c.data.label_fraction = 1.0
+    c.data.label_seed = 0
     c.data.image_size = 32
     c.data.augment = ConfigDict({"name": "none"})  # host (tf.data) views, vision_jax/data/views.py
     # Optional jitted augmentation of the sharded batch on the accelerators (name '' = none), for
@@ -183,8 +195,18 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
             set_on_command_line.setdefault(section, set()).add(key.rsplit(".", 1)[1])
     for section, keys in set_on_command_line.items():
         _fit_options_to_factory(config, section, keys)
+    _apply_aliases(config)
     validate(config)
     return config
+
+
+def _apply_aliases(config: ConfigDict) -> None:
+    """Former names of fields, moved onto today's."""
+    if config.pretrained:
+        if config.init.source and config.init.source != config.pretrained:
+            raise ConfigError(f"config.pretrained={config.pretrained!r} and config.init.source="
+                              f"{config.init.source!r} both name a source; keep only --config.init.source.")
+        config.init.source, config.pretrained = config.pretrained, ""
 
 
 def _config_from_recipe(path: str, arg: str | None) -> ConfigDict:
@@ -330,6 +352,14 @@ def _check_values(config: ConfigDict) -> None:
     if config.mesh.data != -1 and config.mesh.data < 1:
         raise ConfigError(f"config.mesh.data={config.mesh.data} must be at least 1, or -1 for all devices "
                           f"not used by the model axis.")
+    if not 0 < config.data.label_fraction <= 1:
+        raise ConfigError(f"config.data.label_fraction={config.data.label_fraction} must be in (0, 1]; e.g. 0.1 "
+                          f"trains on 10% of the labels, 1.0 on all.")
+    if not 0 < config.optimizer.layer_decay <= 1:
+        raise ConfigError(f"config.optimizer.layer_decay={config.optimizer.layer_decay} must be in (0, 1]: 1.0 is "
+                          f"off; MAE fine-tunes with e.g. --config.optimizer.layer_decay=0.65.")
+    if config.init.step < -1:
+        raise ConfigError(f"config.init.step={config.init.step} must be a checkpoint's step, or -1 for the latest.")
     name = config.preemption_signal
     if name and not (name.startswith("SIG") and isinstance(getattr(signal, name, None), signal.Signals)):
         raise ConfigError(f"config.preemption_signal={name!r} is not a signal name; use e.g. "

@@ -1,6 +1,9 @@
 """Run a recipe's evaluators on the latest checkpoint in a workdir and print the results table:
 
     python -m vision_jax.evaluate --config=configs/simclr_digits.py --workdir=/tmp/simclr_digits
+    # Any split: the evaluators score config.data.eval_test_split (and probes fit on eval_train_split):
+    python -m vision_jax.evaluate --config=/tmp/simclr_digits/config.json --workdir=/tmp/simclr_digits \
+        --config.data.eval_test_split='train[:100]'
 """
 import json
 import os

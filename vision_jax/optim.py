@@ -160,7 +160,8 @@ def _group_transform(opt_config, group: ParamGroup, lr, wd) -> optax.GradientTra
         b1, b2 = opt_config.betas
         parts = [hold(optax.scale_by_adam(b1=b1, b2=b2)), decay, optax.scale_by_learning_rate(scaled_lr)]
     elif opt_config.name == "sgd":  # optax.sgd's chain after weight decay (PyTorch's SGD: decay, momentum, lr)
-        parts = [decay, hold(optax.trace(decay=opt_config.momentum)), optax.scale_by_learning_rate(scaled_lr)]
+        parts = [decay, hold(optax.trace(decay=opt_config.momentum, nesterov=opt_config.nesterov)),
+                 optax.scale_by_learning_rate(scaled_lr)]
     else:  # optax.lars's chain
         parts = [decay, optax.masked(optax.scale_by_trust_ratio(trust_coefficient=opt_config.trust_coefficient), _kernels),
                  optax.scale_by_learning_rate(scaled_lr), hold(optax.trace(decay=opt_config.momentum))]

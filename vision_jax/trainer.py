@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vision_jax import checkpoint, parallel, precision, preemption, schedules
+from vision_jax import checkpoint, init_from, parallel, precision, preemption, schedules
 from vision_jax import workdir as workdir_lib
 from vision_jax.data import pipeline, pp
 from vision_jax.data.ops import model_range_to_uint8
-from vision_jax.data.sources import build_source
+from vision_jax.data.sources import Source, build_source, class_balanced_subset
 from vision_jax.data.device_augment import DEVICE_AUGMENTATIONS
 from vision_jax.data.views import AUGMENTATIONS
 from vision_jax.errors import CheckpointError, ConfigError, Preempted, TrainingDiverged
@@ -42,7 +42,6 @@ from vision_jax.methods import METHODS
 from vision_jax.methods.base import MethodSetup, OnlineProbe
 from vision_jax.models import MODELS, conv
 from vision_jax.models.flops import model_flops
-from vision_jax.models.pretrained import load_timm_weights
 from vision_jax.registry import options_of
 
 TrainState = dict[str, Any]
@@ -58,7 +57,7 @@ class Run:
         self.eval_batch_size = _round_up(config.data.eval_batch_size, self.mesh.shape["data"] * jax.process_count())
 
         data = config.data
-        self.train_source = build_source(data.source, data.train_split, data.image_size)
+        self.train_source = self._labeled(build_source(data.source, data.train_split, data.image_size))
         self.augment = AUGMENTATIONS.build(data.augment.name, options_of(data.augment))
         self.device_augment = (DEVICE_AUGMENTATIONS.build(data.device_augment.name, options_of(data.device_augment))
                                if data.device_augment.name else None)
@@ -93,7 +92,16 @@ class Run:
         self.optimizer = self.method.make_optimizer(config.optimizer, trainable)
         self.abstract_state = jax.eval_shape(self._init_state)
         self.state_shardings = parallel.state_shardings(self.abstract_state, param_names, self.mesh, config.sharding)
-        self.signature = checkpoint.model_signature(self.abstract_state["params"], config.model.to_dict())
+        self.signature = checkpoint.model_signature(self.abstract_state["params"], config.model.to_dict(),
+                                                    config.method.name)
+        self.origin: init_from.Origin | None = None  # set when config.init fills the encoder
+
+    def _labeled(self, source: Source) -> Source:
+        """The source, or its class-balanced subset with `config.data.label_fraction` < 1 (low-label runs:
+        the probes fit on the same labeled examples)."""
+        data = self.config.data
+        return source if data.label_fraction == 1 else class_balanced_subset(source, data.label_fraction,
+                                                                             data.label_seed)
 
     def _batch_transform(self, batch_pp: str):
         """Batch-level ops (mixup, cutmix) mix labels, so integer labels become one-hot first."""
@@ -121,30 +129,25 @@ class Run:
                 "model_state": nnx.to_pure_dict(model_state), "opt_state": self.optimizer.tx.init(params),
                 "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
 
-    def init_state(self, pretrained: bool = True) -> TrainState:
+    def init_state(self, from_init: bool = True) -> TrainState:
         """A fresh state, created directly with its target shardings (never whole on one device);
-        with `config.pretrained` (and `pretrained`), the encoder starts from those weights."""
+        with `config.init.source` (and `from_init`), the encoder starts from those weights."""
         state = jax.jit(self._init_state, out_shardings=self.state_shardings)()
-        if pretrained and self.config.pretrained:
-            state = self._with_pretrained_encoder(state)
+        if from_init and self.config.init.source:
+            state = self._with_init_encoder(state)
         return state
 
     def _abstract_encoder(self) -> nnx.Module:
         return nnx.eval_shape(lambda: self.make_encoder(nnx.Rngs(0)))
 
-    def _with_pretrained_encoder(self, state: TrainState) -> TrainState:
-        encoder = self._abstract_encoder()
-        load_timm_weights(self.config.pretrained, encoder)  # fills every variable in place
-        _, params, model_state = nnx.split(encoder, nnx.Param, ...)
-        loaded = {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(model_state)}
+    def _with_init_encoder(self, state: TrainState) -> TrainState:
+        # (An encoder without BatchNorm or dropout, e.g. a ViT, has no model_state entry.)
+        fresh = {part: state[part].get("encoder", {}) for part in ("params", "model_state")}
+        loaded, self.origin = init_from.load_encoder(self.config.init, fresh, self._abstract_encoder(),
+                                                     self.config.model.name)
         for part, weights in loaded.items():
-            fresh = state[part]["encoder"]
-            if jax.tree.structure(fresh) != jax.tree.structure(weights):
-                raise ConfigError(f"The weights in {self.config.pretrained} do not fill this encoder's {part}.")
-            # Variables the file does not hold (a ViT's dropout RNG state) stay abstract: keep the fresh ones.
-            state[part]["encoder"] = jax.tree.map(
-                lambda new, old: old if isinstance(new, jax.ShapeDtypeStruct)
-                else jax.device_put(jnp.asarray(new, old.dtype), old.sharding), weights, fresh)
+            if weights:
+                state[part]["encoder"] = weights
         # Followers start as copies (own buffers: the step donates the state) of what they follow.
         for follower, online in self.method.followers.items():
             state["ema"][follower] = jax.tree.map(jnp.copy, state["params"][online])
@@ -185,7 +188,7 @@ class Run:
     def eval_sources(self) -> dict:
         """The evaluation splits, built on first use (loading them costs time)."""
         data = self.config.data
-        return {"train": build_source(data.source, data.eval_train_split, data.image_size),
+        return {"train": self._labeled(build_source(data.source, data.eval_train_split, data.image_size)),
                 "test": build_source(data.source, data.eval_test_split, data.image_size)}
 
     def _jitted(self, fn):
@@ -216,7 +219,7 @@ class Run:
     def evaluate(self, state: TrainState, with_baselines: bool) -> dict[str, dict[str, float]]:
         representations = self.representations(self.config.method.name, state, with_online_probe=True)
         if with_baselines and "random_init" in self.config.eval_baselines:
-            representations += self.representations("random_init", self.init_state(pretrained=False),
+            representations += self.representations("random_init", self.init_state(from_init=False),
                                                      with_online_probe=False)
         if with_baselines and "raw_pixels" in self.config.eval_baselines:
             representations.append(Representation("raw_pixels",
@@ -255,11 +258,12 @@ class Run:
 
     def results_caption(self, step: int) -> str:
         c, fit, scored = self.config, self.eval_sources["train"], self.eval_sources["test"]
+        origin = self.origin or init_from.read_origin(self.workdir)
         return (f"Results at step {step}/{c.total_steps} (seed {c.seed}, global batch {c.batch_size}): "
                 f"{c.method.name} pretrained on {self.train_source.description}; probes fit on "
                 f"{fit.description} ({fit.num_examples} examples), "
                 f"scored on held-out {scored.description} ({scored.num_examples}). "
-                f"Accuracy in %.")
+                + (f"{origin.describe()}. " if origin else "") + "Accuracy in %.")
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -326,6 +330,8 @@ def _train(config, workdir: str, checkpointer: checkpoint.Checkpointer) -> dict[
                                   f"Resume without those changes (--config={workdir}/config.json), or use a new "
                                   f"--workdir.") from None
         workdir_lib.write_config(config, workdir)  # only now: the checkpoint fits this config
+        if run.origin and jax.process_index() == 0:  # a fresh start from config.init
+            init_from.write_origin(run.origin, workdir)
         start = int(state["step"])
         if stop.should_stop(start):  # a signal during start-up: nothing new to save
             raise Preempted(f"Stopped by {stop.received} before step {start + 1}; nothing new to save.", start)

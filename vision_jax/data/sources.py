@@ -38,6 +38,7 @@ class Source:
     num_classes: int
     load: Callable[[tf.Tensor], dict]  # int64 index -> {'image', 'label'}, traceable by tf.data
     description: str
+    labels: np.ndarray | None = None  # every example's class id, where known without decoding images
 
 
 def in_memory_source(images: np.ndarray, labels: np.ndarray, num_classes: int, description: str) -> Source:
@@ -46,7 +47,7 @@ def in_memory_source(images: np.ndarray, labels: np.ndarray, num_classes: int, d
     def load(index):
         return {"image": tf.gather(images_t, index), "label": tf.gather(labels_t, index)}
 
-    return Source(len(images), num_classes, load, description)
+    return Source(len(images), num_classes, load, description, labels)
 
 
 def _seeded_slice(split: str, num_examples: int, split_seed: int) -> np.ndarray:
@@ -112,7 +113,7 @@ def image_folder(root: str, split: str, image_size: int, split_seed: int = 0, ma
         used, image = decode(i)  # `used` differs from i where an unreadable file was replaced
         return {"image": _sized(image, image_size), "label": tf.gather(labels_t, used)}
 
-    return Source(len(images.keys), len(images.classes), load, f"image_folder {root} {split}")
+    return Source(len(images.keys), len(images.classes), load, f"image_folder {root} {split}", images.labels)
 
 
 @SOURCES.register("arrays")
@@ -250,6 +251,33 @@ def _prepared_builder(dataset: str, data_dir: str | None):
             f"files, which the pipeline reads by index: python -c \"import tensorflow_datasets as tfds; "
             f"tfds.builder('{dataset}', data_dir='{root}').download_and_prepare(file_format='array_record')\"")
     return builder
+
+
+def class_balanced_subset(source: Source, fraction: float, seed: int) -> Source:
+    """`fraction` of `source`'s examples with the same number from every class, each class's drawn
+    by a permutation seeded with `seed` (SimCLR's 1% and 10% semi-supervised subsets); the
+    examples keep their order."""
+    labels = source.labels if source.labels is not None else _read_labels(source)
+    per_class = round(fraction * len(labels) / source.num_classes)
+    counts = np.bincount(labels, minlength=source.num_classes)
+    if per_class < 1 or counts.min() < per_class:
+        raise ConfigError(f"config.data.label_fraction={fraction} asks for {per_class} examples of each of "
+                          f"{source.num_classes} classes from {source.description}, whose smallest class has "
+                          f"{counts.min()}; choose a fraction between {source.num_classes / len(labels):.4g} and "
+                          f"{counts.min() * source.num_classes / len(labels):.4g}.")
+    rng = np.random.default_rng(seed)
+    index = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class]
+                                    for c in range(source.num_classes)]))
+    index_t = tf.constant(index, tf.int64)
+    return Source(len(index), source.num_classes, lambda i: source.load(tf.gather(index_t, i)),
+                  f"{source.description}, {per_class} labeled examples per class (label seed {seed})", labels[index])
+
+
+def _read_labels(source: Source) -> np.ndarray:
+    """Every label of a source that does not list them (reads, and so decodes, every example once)."""
+    examples = tf.data.Dataset.range(source.num_examples).map(lambda i: source.load(i)["label"],
+                                                              num_parallel_calls=tf.data.AUTOTUNE)
+    return np.fromiter(examples.as_numpy_iterator(), np.int64, count=source.num_examples)
 
 
 def build_source(source_config, split: str, image_size: int) -> Source:

@@ -13,7 +13,8 @@ A method says what is learned, never how it is looped, placed or saved:
   the forward pass like any submodule (`model.teacher_encoder(x, train=True)`); its BatchNorm
   statistics are its own.
 - `param_groups()`: the method's own parameter groups (optim.ParamGroup), e.g. DINO's last layer
-  frozen in its first epoch; config groups come first.
+  frozen in its first epoch; config groups come first, then those of `optimizer.layer_decay`
+  (layer_decay.py).
 - `loss(model, batch, step)`: a LossOutput for one global batch. `step.step` is the step index,
   so schedules (momentum, temperature) are functions of it; `self.length` says how long the run is.
   Non-gradient state the step changes (BatchNorm statistics, DINO's center) lives in the model as
@@ -45,6 +46,7 @@ from flax import nnx
 
 from vision_jax import optim, schedules
 from vision_jax.errors import ConfigError
+from vision_jax.layer_decay import layer_decay_groups
 from vision_jax.models.heads import LinearClassifier, l2_normalize
 
 Metrics = dict[str, jax.Array]
@@ -144,9 +146,9 @@ class Method(abc.ABC):
     # --- how it is optimized ----------------------------------------------------------------
 
     def make_optimizer(self, opt_config, abstract_params: Any) -> optim.Optimizer:
-        return optim.make_optimizer(opt_config, self.length.total_steps,
-                                    optim.groups_from_config(opt_config.groups) + self.param_groups(),
-                                    abstract_params)
+        groups = (optim.groups_from_config(opt_config.groups)
+                  + layer_decay_groups(opt_config.layer_decay, self.make_encoder) + self.param_groups())
+        return optim.make_optimizer(opt_config, self.length.total_steps, groups, abstract_params)
 
     def update(self, graphdef: nnx.GraphDef, optimizer: optim.Optimizer, state: dict, batch: dict,
                rng: jax.Array, grad_accum_steps: int = 1) -> tuple[dict, Metrics]:

@@ -14,7 +14,7 @@ flax.config.update("flax_always_shard_variable", False)
 MODELS = Registry("model")
 
 # Importing the modules registers their models.
-from vision_jax.models import cnn, resnet  # noqa: E402,F401
+from vision_jax.models import cnn, fast_cifar, resnet  # noqa: E402,F401
 from vision_jax.models.heads import DINOHead, LinearClassifier, MLPHead, ProjectionHead  # noqa: E402,F401
 from vision_jax.models import dcgan  # noqa: E402,F401
 from vision_jax.models import vit  # noqa: E402,F401

@@ -18,9 +18,9 @@ class LinearClassifier(nnx.Module):
     """One Linear layer from features to class logits (supervised training, linear probes)."""
 
     def __init__(self, num_features: int, num_classes: int, *, dtype: Dtype = jnp.float32,
-                 param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+                 param_dtype: Dtype = jnp.float32, kernel_init=nnx.initializers.lecun_normal(), rngs: nnx.Rngs):
         self.linear = linear(num_features, num_classes, (EMBED, CLASSES), dtype=dtype,
-                             param_dtype=param_dtype, rngs=rngs)
+                             param_dtype=param_dtype, kernel_init=kernel_init, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.linear(x).astype(jnp.float32)

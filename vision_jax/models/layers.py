@@ -40,14 +40,21 @@ def conv_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32
     return flat_normal(key, shape, dtype, std=math.sqrt(2.0 / fan_out))
 
 
-def conv(cin: int, cout: int, kernel: int, stride: int = 1, *, dtype: Dtype = jnp.float32,
+def conv(cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, *,
+         padding: int | tuple[int, int] | None = None, dtype: Dtype = jnp.float32,
          param_dtype: Dtype = jnp.float32, kernel_init: Initializer = conv_init,
          rngs: nnx.Rngs) -> nnx.Conv:
-    """A bias-free square convolution padded by kernel // 2 on each side, as torchvision's.
+    """A bias-free convolution padded by kernel // 2 on each side, as torchvision's.
 
-    It runs `models/conv.py`'s convolution: XLA's, or on CPU one with a faster kernel gradient.
+    `kernel` and `padding` are PyTorch's Conv2d arguments: one size for both axes or (height,
+    width); `padding` (each side of each axis) defaults to kernel // 2. It runs
+    `models/conv.py`'s convolution: XLA's, or on CPU one with a faster kernel gradient.
     """
-    return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride), padding=kernel // 2,
+    kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    if padding is None:
+        padding = (kernel[0] // 2, kernel[1] // 2)
+    padding = (padding, padding) if isinstance(padding, int) else padding
+    return nnx.Conv(cin, cout, kernel, strides=(stride, stride), padding=tuple((p, p) for p in padding),
                     use_bias=False, kernel_init=partitioned(kernel_init, CONV_KERNEL_AXES),
                     dtype=dtype, param_dtype=param_dtype, conv_general_dilated=conv_impl.conv_general_dilated,
                     rngs=rngs)
@@ -74,9 +81,11 @@ class BatchNorm(nnx.BatchNorm):
 
     def __init__(self, num_features: int, *, dtype: Dtype = jnp.float32,
                  param_dtype: Dtype = jnp.float32,
-                 scale_init: Initializer = nnx.initializers.ones_init(), affine: bool = True, rngs: nnx.Rngs):
-        """`affine=False`: no learned scale and bias (PyTorch's BatchNorm1d(affine=False))."""
-        super().__init__(num_features, momentum=0.9, epsilon=1e-5, dtype=jnp.float32,
+                 scale_init: Initializer = nnx.initializers.ones_init(), affine: bool = True,
+                 epsilon: float = 1e-5, rngs: nnx.Rngs):
+        """`affine=False`: no learned scale and bias (PyTorch's BatchNorm1d(affine=False)).
+        `epsilon` other than PyTorch's default is for published weights trained with another."""
+        super().__init__(num_features, momentum=0.9, epsilon=epsilon, dtype=jnp.float32,
                          use_scale=affine, use_bias=affine,
                          param_dtype=param_dtype, scale_init=partitioned(scale_init, (NORM,)),
                          bias_init=partitioned(nnx.initializers.zeros_init(), (NORM,)), rngs=rngs)

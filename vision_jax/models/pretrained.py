@@ -34,7 +34,7 @@ def load_timm_weights(path: str | os.PathLike, encoder: nnx.Module) -> None:
                           f"safetensors.torch.save_file(torch.load(path, map_location='cpu'), "
                           f"'model.safetensors'), or download the hub's model.safetensors.")
     if not os.path.exists(path):
-        raise MissingDataError(f"No pretrained weights at {path!r} (config.pretrained).")
+        raise MissingDataError(f"No pretrained weights at {path!r} (config.init.source).")
     try:
         from safetensors.numpy import load_file
     except ImportError as e:
