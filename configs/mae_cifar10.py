@@ -42,7 +42,7 @@ def get_config(arg=None):
         # ~15 minutes.
         common.cpu_budget(c, steps=600)
         c.batch_size = 128
-        c.model = dict(name="vit", variant="Ti", depth=4, patch_size=4, image_size=32, pool="cls", posemb="sincos2d")
+        c.model = dict(common.MAE_CPU_BUDGET_VIT)
         c.method.update(decoder_width=64, decoder_depth=1, decoder_heads=2)
         c.optimizer.update(betas=(0.9, 0.95), lr=1e-3, weight_decay=0.05, warmup_steps=50)
         c.online_probe.lr = 2e-3
