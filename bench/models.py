@@ -379,7 +379,7 @@ def gan_step(bench: Benchmark, batch: int, dtype, MODELS, flops_lib):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
     opt_config = default_config().optimizer
-    opt_config.update(lr=2e-4, b1=0.5, weight_decay=0.05, schedule="constant")  # Radford et al. 2016's Adam
+    opt_config.update(lr=2e-4, betas=(0.5, 0.999), weight_decay=0.05, schedule="constant")  # Radford et al. 2016's Adam
     optimizer = method.make_optimizer(opt_config, params)
     image_shape = (batch, bench.image_size, bench.image_size, 3)
     z_shape = (batch, bench.options["latent_dim"])

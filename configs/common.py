@@ -38,6 +38,12 @@ def cifar_resnet18(c) -> None:
     c.model = dict(name="resnet", depth=18, stem="cifar")
 
 
+# The encoder of configs/mae_cifar10.py:cpu_budget (a 4-block ViT-Ti on 4x4 patches), which
+# configs/finetune_cifar10.py:model=mae_cpu_budget fine-tunes.
+MAE_CPU_BUDGET_VIT = dict(name="vit", variant="Ti", depth=4, patch_size=4, image_size=32, pool="cls",
+                          posemb="sincos2d")
+
+
 def imagenet(c, augment: dict, data_dir: str = "") -> None:
     """ImageNet-1k from a prepared tfds `imagenet2012` (train for pretraining and probe fitting,
     validation for the scores), standardized with the ImageNet mean and std."""

@@ -32,8 +32,7 @@ def get_config(arg=None):
                     n_disc=1, label_smoothing=0.0)
     c.optimizer.name = "adamw"
     c.optimizer.lr = 2e-4
-    c.optimizer.b1 = 0.5
-    c.optimizer.b2 = 0.999
+    c.optimizer.betas = (0.5, 0.999)
     c.optimizer.weight_decay = 0.0
     c.optimizer.schedule = "constant"
 

@@ -33,6 +33,7 @@ Protocols (`protocol=`), each only settings of the supervised method and the opt
 `labels=0.1` / `labels=0.01` train on a class-balanced seeded subset of the 45,000 training
 images (SimCLR's semi-supervised protocol); the epochs count passes over that subset. The model
 must be the source's: `model=cpu_budget` (the small CNN of the SSL `cpu_budget` recipes),
+`mae_cpu_budget` (the ViT-Ti/4 of `mae_cifar10.py:cpu_budget`),
 `resnet18` (CIFAR stem, the full SSL recipes), `resnet18_imagenet` (torchvision/timm layout).
 Scores: the classifier's top-1, top-5 and per-class accuracy on the 5,000 held-out images.
 """
@@ -42,6 +43,7 @@ from vision_jax.errors import ConfigError
 
 PROTOCOLS = ("linear", "mae_linear", "finetune", "mae_finetune", "transfer")
 MODELS = {"cpu_budget": dict(name="cnn", widths=(16, 32, 64, 128)),
+          "mae_cpu_budget": common.MAE_CPU_BUDGET_VIT,
           "resnet18": dict(name="resnet", depth=18, stem="cifar"),
           "resnet18_imagenet": dict(name="resnet", depth=18, stem="imagenet")}
 EPOCHS = {"linear": 100, "mae_linear": 90, "finetune": 100, "mae_finetune": 100, "transfer": 30}

@@ -15,6 +15,7 @@ import pytest
 
 from vision_jax import config as config_lib
 from vision_jax import optim, trainer
+from vision_jax.errors import ConfigError
 
 TOTAL, WARMUP, PEAK = 10, 3, 0.4
 STEPS = range(TOTAL)  # 0, 1, the end of warmup (3) and the last step (9) among them
@@ -72,6 +73,23 @@ def test_adamw_update_magnitude_is_the_scheduled_lr():
     for step, (_, updates) in enumerate(updates_per_step(optimizer_config(name="adamw"))):
         for name in PARAMS:
             assert_close(updates[name], -warmup_cosine(step) * np.sign(GRADS[name]), step, rtol=1e-4)
+
+
+def test_adamw_betas_set_the_moment_decays_as_pytorch_adamw_writes_them():
+    # MAE's betas (0.9, 0.95), gradients that change sign: m_t = b1 m + (1 - b1) g, v_t = b2 v +
+    # (1 - b2) g^2, update -lr * (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + 1e-8).
+    b1, b2 = 0.9, 0.95
+    grads = [jax.tree.map(lambda g, s=step: g * (-1.0) ** s * (1 + 0.1 * s), GRADS) for step in range(TOTAL)]
+    tx = optim.make_optimizer(optimizer_config(name="adamw", betas=(b1, b2)), TOTAL).tx
+    update, state, m, v = jax.jit(tx.update), tx.init(PARAMS), 0.0, 0.0
+    for step in range(TOTAL):
+        updates, state = update(grads[step], state, PARAMS)
+        g = np.asarray(grads[step]["bias"], np.float64)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        expected = -warmup_cosine(step) * (m / (1 - b1 ** (step + 1))) / (np.sqrt(v / (1 - b2 ** (step + 1))) + 1e-8)
+        assert_close(updates["bias"], expected, step, rtol=1e-4)
+    with pytest.raises(ConfigError, match="betas"):
+        optim.make_optimizer(optimizer_config(name="adamw", betas=(0.9, 1.5)), TOTAL)
 
 
 def test_sgd_momentum_accumulates_gradients_before_the_learning_rate():

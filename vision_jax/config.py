@@ -56,9 +56,11 @@ def default_config() -> ConfigDict:
     c.grad_accum_steps = 1
     c.log_every = 50
     c.eval_every = 0  # 0: run the evaluators only at the end of training
-    # The method's pictures (a GAN's sample grid) as PNGs in WORKDIR/pictures and TensorBoard
-    # images, every this many steps and at the end (0: at the end only).
+    # The method's pictures (`Method.pictures`: a GAN's sample grid, MAE's reconstructions of the
+    # first `num_pictures` held-out images) as PNGs in WORKDIR/pictures and TensorBoard images, at
+    # each evaluation, every `pictures_every` steps (0: no more often) and at the end.
     c.pictures_every = 0
+    c.num_pictures = 8  # 0: no pictures
 
     c.model = ConfigDict({"name": "cnn"})
     # Where the encoder starts (vision_jax/init_from.py): source '' = random init; a vision_jax
@@ -74,12 +76,11 @@ def default_config() -> ConfigDict:
     c.optimizer.lr = 1e-3  # peak learning rate, reached after warmup
     c.optimizer.weight_decay = 0.0  # not applied to biases and normalization scales
     c.optimizer.momentum = 0.9  # sgd and lars
+    c.optimizer.betas = (0.9, 0.999)  # adamw: Adam's (b1, b2) moment decays; MAE uses (0.9, 0.95)
     c.optimizer.nesterov = False  # sgd: Nesterov momentum
     # Layer-wise lr decay (vision_jax/layer_decay.py): encoder layer i of L learns at decay^(L - i)
     # of the rate, heads at the full rate. 1.0: off; MAE fine-tunes ViT-B with 0.65, BEiT 0.75.
     c.optimizer.layer_decay = 1.0
-    c.optimizer.b1 = 0.9  # adamw: Adam's betas (DCGAN: b1 0.5)
-    c.optimizer.b2 = 0.999
     c.optimizer.trust_coefficient = 0.001  # lars: eta in eta * ||w|| / ||g + wd * w||
     c.optimizer.warmup_steps = 0
     c.optimizer.schedule = "cosine"  # cosine | constant (after warmup)
@@ -330,11 +331,11 @@ def validate(config: ConfigDict) -> None:
 _AT_LEAST_ONE = ("total_steps", "batch_size", "checkpoint.keep", "data.eval_batch_size", "mesh.model")
 _ZERO_MEANS = {
     "log_every": "log only the last step", "eval_every": "evaluate only at the end",
-    "pictures_every": "pictures at the end only",
+    "pictures_every": "pictures at evaluations and the end only",
     "checkpoint.every_steps": "save only at the end and when stopped by a signal",
     "data.prefetch": "no prefetching", "data.image_size": "keep each image's own size",
     "optimizer.warmup_steps": "no warmup", "optimizer.grad_clip_norm": "no clipping",
-    "optimizer.weight_decay": "no decay", "optimizer.lr": "no updates",
+    "optimizer.weight_decay": "no decay", "optimizer.lr": "no updates", "num_pictures": "no pictures",
 }
 
 

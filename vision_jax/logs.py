@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 import tensorflow as tf  # the event-file writer; tf is already the input pipeline's
 
 from vision_jax.pictures import write_png
@@ -53,13 +54,14 @@ class MetricLogger:
                 tf.summary.scalar(key, float(value))
         self._tensorboard.flush()
 
-    def picture(self, step: int, name: str, picture) -> None:
-        """An HWC uint8 picture as WORKDIR/pictures/<name>_step<step>.png and a TensorBoard image."""
-        if not self.enabled:
+    def write_pictures(self, step: int, pictures: dict[str, np.ndarray]) -> None:
+        """HWC uint8 pictures as WORKDIR/pictures/<name>_step<step>.png and TensorBoard images ('pictures/<name>')."""
+        if not self.enabled or not pictures:
             return
-        write_png(os.path.join(self.workdir, "pictures", f"{name}_step{step:06d}.png"), picture)
         with self._tensorboard.as_default(step=step):
-            tf.summary.image(f"pictures/{name}", picture[None])
+            for name, picture in pictures.items():
+                write_png(os.path.join(self.workdir, "pictures", f"{name}_step{step:06d}.png"), picture)
+                tf.summary.image(f"pictures/{name}", picture[None])
         self._tensorboard.flush()
 
     def progress(self, step: int, loss: float, images_per_s: float, seconds_per_step: float) -> None:

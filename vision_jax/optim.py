@@ -124,6 +124,9 @@ def make_optimizer(opt_config, total_steps: int, groups: list[ParamGroup] = (),
     """The optimizer of `config.optimizer` over parameter groups (groups need `abstract_params`)."""
     if opt_config.name not in OPTIMIZERS:
         raise ConfigError(f"Unknown optimizer {opt_config.name!r}; use {', '.join(map(repr, OPTIMIZERS))}.")
+    if len(opt_config.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in opt_config.betas):
+        raise ConfigError(f"optimizer.betas={tuple(opt_config.betas)} must be two decays in [0, 1), e.g. "
+                          f"--config.optimizer.betas='(0.9, 0.95)'.")
     if opt_config.grad_clip_mode not in ("global", "per_parameter"):
         raise ConfigError(f"optimizer.grad_clip_mode={opt_config.grad_clip_mode!r}: use 'global' or 'per_parameter'.")
     lr, wd = learning_rate_schedule(opt_config, total_steps), weight_decay_schedule(opt_config, total_steps)
@@ -154,7 +157,8 @@ def _group_transform(opt_config, group: ParamGroup, lr, wd) -> optax.GradientTra
     scaled_lr = lambda step: group.lr_scale * lr(step)
     decay = optax.add_decayed_weights(lambda step: group.wd_scale * wd(step), mask=_kernels)
     if opt_config.name == "adamw":  # optax.adamw's chain, with the moments held while frozen
-        parts = [hold(optax.scale_by_adam(b1=opt_config.b1, b2=opt_config.b2)), decay, optax.scale_by_learning_rate(scaled_lr)]
+        b1, b2 = opt_config.betas
+        parts = [hold(optax.scale_by_adam(b1=b1, b2=b2)), decay, optax.scale_by_learning_rate(scaled_lr)]
     elif opt_config.name == "sgd":  # optax.sgd's chain after weight decay (PyTorch's SGD: decay, momentum, lr)
         parts = [decay, hold(optax.trace(decay=opt_config.momentum, nesterov=opt_config.nesterov)),
                  optax.scale_by_learning_rate(scaled_lr)]

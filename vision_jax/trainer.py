@@ -29,6 +29,7 @@ from flax import nnx
 from vision_jax import checkpoint, init_from, parallel, precision, preemption, schedules
 from vision_jax import workdir as workdir_lib
 from vision_jax.data import pipeline, pp
+from vision_jax.data.ops import model_range_to_uint8
 from vision_jax.data.sources import Source, build_source, class_balanced_subset
 from vision_jax.data.device_augment import DEVICE_AUGMENTATIONS
 from vision_jax.data.views import AUGMENTATIONS
@@ -38,7 +39,7 @@ from vision_jax.evaluators.features import EvalData, Representation
 from vision_jax.evaluators.report import evaluate_all, format_table
 from vision_jax.logs import CollapseMonitor, MetricLogger
 from vision_jax.methods import METHODS
-from vision_jax.methods.base import MethodSetup, OnlineProbe
+from vision_jax.methods.base import Method, MethodSetup, OnlineProbe
 from vision_jax.models import MODELS, conv
 from vision_jax.models.flops import model_flops
 from vision_jax.registry import options_of
@@ -259,23 +260,34 @@ class Run:
 
     # --- pictures ----------------------------------------------------------------------------
 
-    @functools.cached_property
-    def _pictures_fn(self):
-        """The method's pictures as a jitted function of the weights and a key, or None if it draws none."""
-        def draw(params, ema, model_state, rng):
-            return self.method.pictures(nnx.merge(self.graphdef, {**params, **ema}, model_state), rng)
+    def draws_pictures(self) -> bool:
+        return type(self.method).pictures is not Method.pictures and self.config.num_pictures > 0
 
-        key = jax.random.key(self.config.seed)
-        weights = (self.abstract_state["params"], self.abstract_state["ema"], self.abstract_state["model_state"])
-        if not jax.eval_shape(draw, *weights, key):
-            return None
-        return functools.partial(jax.jit(draw, out_shardings=parallel.replicated(self.mesh)), rng=key)
+    @functools.cached_property
+    def _draw_pictures(self):
+        count = min(self.config.num_pictures, self.eval_sources["test"].num_examples, self.eval_batch_size)
+        key = jax.random.fold_in(jax.random.key(self.config.seed), 3)  # the same masks or noise at every call
+
+        def draw(params, ema, model_state, images):
+            return self.method.pictures(nnx.merge(self.graphdef, {**params, **ema}, model_state), images[:count], key)
+
+        return jax.jit(draw, out_shardings=parallel.replicated(self.mesh))
 
     def pictures(self, state: TrainState) -> dict[str, np.ndarray]:
-        """The method's pictures of this state, {name: HWC uint8}; the same key at every call."""
-        if self._pictures_fn is None:
+        """The method's pictures of this state (`Method.pictures`) as HWC uint8 arrays, given the first
+        `config.num_pictures` held-out images; {} for methods that draw none."""
+        if not self.draws_pictures():
             return {}
-        return jax.device_get(self._pictures_fn(state["params"], state["ema"], state["model_state"]))
+        eval_augment = self.config.data.eval_augment
+        preprocess = AUGMENTATIONS.build(eval_augment.name, options_of(eval_augment))
+        local = next(pipeline.eval_batches(self.eval_sources["test"], preprocess, global_batch=self.eval_batch_size,
+                                           process_index=jax.process_index(), process_count=jax.process_count()))
+        images = parallel.to_global_batch(local, parallel.batch_sharding(self.mesh))["image"]
+        drawn = jax.device_get(self._draw_pictures(state["params"], state["ema"], state["model_state"], images))
+        # Float pictures are in the model's input range: the training views' ([-1, 1] or ImageNet-standardized).
+        normalized = bool(options_of(self.config.data.augment).get("normalize", False))
+        return {name: picture if picture.dtype == np.uint8 else model_range_to_uint8(picture, normalized)
+                for name, picture in drawn.items()}
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -442,14 +454,14 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
                 checkpointer.wait()
                 raise Preempted(f"Stopped by {stop.received} after step {done}; its state is saved in "
                                 f"{checkpointer.directory}.", done)
+            if eval_now or pictures_now:
+                logger.write_pictures(done, run.pictures(state))
             if eval_now and run.evaluators:
                 results = run.evaluate(state, with_baselines=False)[config.method.name]
                 logger.write(done, {f"eval/{k}": v for k, v in results.items()})
                 logger.info(f"step {done} eval: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
+            if eval_now or pictures_now:
                 timer_step, timer_start = done, time.perf_counter()
-            if pictures_now:
-                for name, picture in run.pictures(state).items():
-                    logger.picture(done, name, picture)
     finally:
         checkpointer.wait()
     return state

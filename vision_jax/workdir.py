@@ -33,7 +33,7 @@ CONFIG_NAME = "config.json"
 # Changes that cannot alter the trained state, accepted on resume without asking: bookkeeping,
 # and the device layout (a run may resume on another device count). total_steps moves the end
 # (and stretches the learning-rate schedule); it is accepted with a note.
-ACCEPTED_CHANGES = ("total_steps", "log_every", "eval_every", "pictures_every", "checkpoint.every_steps",
+ACCEPTED_CHANGES = ("total_steps", "log_every", "eval_every", "pictures_every", "num_pictures", "checkpoint.every_steps",
                     "checkpoint.keep", "checkpoint.use_async", "data.prefetch", "data.eval_batch_size", "mesh.data",
                     "mesh.model", "sharding", "preemption_signal", "allow_config_change")
 _UNSET = object()

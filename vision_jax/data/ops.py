@@ -19,6 +19,7 @@ import inspect
 import math
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from vision_jax.errors import ConfigError
@@ -450,6 +451,14 @@ def normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD):
     _check(all(s > 0 for s in std), f"pp op 'normalize': std must be positive, got {std!r}.")
     # Tensors are made per call, not here: a parsed pp string may be reused across tf.data graphs.
     return lambda image, seed: (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def model_range_to_uint8(images, normalized: bool) -> np.ndarray:
+    """Model-range images back to uint8 pixels (NumPy, for pictures): the inverse of the recipes'
+    last op, `value_range(-1, 1)`, or `normalize` with the ImageNet statistics when `normalized`."""
+    images = np.asarray(images, np.float32)
+    unit = images * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN) if normalized else (images + 1.0) / 2.0
+    return np.round(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vision_jax.config import load_config  # noqa: E402
-from vision_jax.data.ops import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from vision_jax.data.ops import model_range_to_uint8  # noqa: E402
 from vision_jax.data.sources import build_source  # noqa: E402
 from vision_jax.data.views import AUGMENTATIONS  # noqa: E402
 from vision_jax.errors import UserError  # noqa: E402
@@ -33,12 +33,6 @@ GAP = 2  # pixels between cells
 BACKGROUND = 255
 
 
-def to_uint8(images: np.ndarray, normalized: bool) -> np.ndarray:
-    """Model-range images (in [-1, 1], or ImageNet-standardized) back to uint8 pixels."""
-    unit = images * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN) if normalized else (images + 1.0) / 2.0
-    return np.round(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def view_images(output: dict, normalized: bool) -> list[np.ndarray]:
     """Every image an augmentation returned, in its key order: [H, W, 3] once, [N, H, W, 3] N times."""
     images = []
@@ -47,9 +41,9 @@ def view_images(output: dict, normalized: bool) -> list[np.ndarray]:
         if value.dtype.kind != "f" or value.shape[-1:] != (3,):
             continue
         if value.ndim == 3:
-            images.append(to_uint8(value, normalized))
+            images.append(model_range_to_uint8(value, normalized))
         elif value.ndim == 4:
-            images.extend(to_uint8(value, normalized))
+            images.extend(model_range_to_uint8(value, normalized))
     return images
 
 

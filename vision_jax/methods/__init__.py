@@ -4,4 +4,4 @@ from vision_jax.registry import Registry
 
 METHODS = Registry("method")
 
-from vision_jax.methods import byol, dcgan, dino, mocov3, simclr, supervised  # noqa: E402,F401
+from vision_jax.methods import byol, dcgan, dino, mae, mocov3, simclr, supervised  # noqa: E402,F401

@@ -27,9 +27,11 @@ A method says what is learned, never how it is looped, placed or saved:
 - Outputs for evaluation, by name (`output_names`): 'features' (what kNN and linear probes see),
   'logits' (methods with a classifier, via `predict`), 'samples' (generative methods: images from
   integer seeds, what FID reads). Evaluators ask for the output they need.
-- `pictures(model, rng)`: images worth looking at (a GAN's sample grid), as {name: HWC uint8};
-  the trainer writes them as PNGs and TensorBoard images every `config.pictures_every` steps and
-  at the end. `rng` is the same key at every call.
+- `pictures(model, images, rng)`: images worth looking at, {name: [H, W, C] picture}, drawn from
+  the first `config.num_pictures` held-out `images` (MAE's reconstructions) or from `rng` alone
+  (a GAN's sample grid); float pictures are in the images' value range, uint8 ones are final. The
+  trainer writes them as PNGs and TensorBoard images at each evaluation, every
+  `config.pictures_every` steps and at the end; `rng` is the same key at every call.
 - `training_warnings(step, summary)`: the method's own reading of its logged metrics (a GAN's
   collapse); the trainer prints each kind of warning once.
 
@@ -193,8 +195,8 @@ class Method(abc.ABC):
         # The probe learned on the online encoder's features (a teacher's may differ).
         return {"logits": lambda model, images: model.online_probe(model.encoder(images, train=False))}
 
-    def pictures(self, model: nnx.Module, rng: jax.Array) -> dict[str, jax.Array]:
-        """Pictures to write as {name: HWC uint8 array}; none by default."""
+    def pictures(self, model: nnx.Module, images: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
+        """Pictures to write, {name: [H, W, C]} (see the module docstring); none by default."""
         return {}
 
     def training_warnings(self, step: int, summary: dict[str, float]) -> dict[str, str]:

@@ -3,7 +3,7 @@
 Follows the PyTorch DCGAN example (github.com/pytorch/examples, dcgan/main.py): each step updates
 D on a real batch and a fake batch (two BatchNorm batches), then G through the UPDATED D, reusing
 the fakes of D's step (G runs forward once). Each network has its own Adam (the recipes: lr 2e-4,
-betas (0.5, 0.999), `config.optimizer.b1/b2`), built from `config.optimizer` (its schedule and
+betas (0.5, 0.999), `config.optimizer.betas`), built from `config.optimizer` (its schedule and
 parameter groups, whose patterns see paths such as 'generator/convs/0/kernel').
 
 - `config.model` is the discriminator (`dcgan_discriminator`: the network that reads images, whose
@@ -247,10 +247,11 @@ class DCGAN(Method):
     def samples(self, model: DCGANModel, seeds: jax.Array) -> jax.Array:
         return self.generate(model, self.latents(seeds))
 
-    def pictures(self, model: DCGANModel, rng: jax.Array) -> dict[str, jax.Array]:
+    def pictures(self, model: DCGANModel, images: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
         """The samples of seeds 0..63 (fixed noise, so grids show training progress; the same
-        images as `python -m vision_jax.sample --num=64` from the same checkpoint). `rng` is unused."""
-        del rng
+        images as `python -m vision_jax.sample --num=64` from the same checkpoint). The held-out
+        `images` and `rng` are unused."""
+        del images, rng
         return {"samples": image_grid(self.samples(model, jnp.arange(self.grid_size)), columns=8)}
 
     def training_warnings(self, step: int, summary: dict[str, float]) -> dict[str, str]:

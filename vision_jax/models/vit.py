@@ -29,6 +29,7 @@ import functools
 import math
 from collections.abc import Sequence
 
+import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -217,13 +218,21 @@ def _dropout_stream(rngs: nnx.Rngs | None) -> nnx.RngStream:
     return rngs["dropout"]
 
 
-def posemb_sincos_2d(grid: tuple[int, int], width: int, temperature: float = 10_000.0) -> jax.Array:
-    """Fixed 2-D sin-cos position embedding [1, h*w, width] (MoCo v3, Chen et al. 2021;
-    big_vision's `posemb_sincos_2d`): a quarter of the channels each for sin/cos of x and y."""
+def posemb_sincos_2d(grid: tuple[int, int], width: int, temperature: float = 10_000.0,
+                     endpoint: bool = True) -> jax.Array:
+    """Fixed 2-D sin-cos position embedding [1, h*w, width]: a quarter of the channels each for
+    sin/cos of the column and of the row, at frequencies temperature**-e for width/4 exponents e
+    evenly spaced from 0, reaching 1 with `endpoint` (k / (width/4 - 1)) or stopping one step
+    short of it without (k / (width/4)).
+
+    endpoint=True is big_vision's `posemb_sincos_2d` (the encoder's posemb='sincos2d');
+    endpoint=False is MAE's `get_2d_sincos_pos_embed` (He et al. 2022, `util/pos_embed.py`; MoCo
+    v3's spacing too), which the MAE decoder uses."""
     if width % 4:
         raise ConfigError(f"posemb='sincos2d' needs a width divisible by 4, got {width}.")
     y, x = np.mgrid[:grid[0], :grid[1]]
-    omega = 1.0 / temperature ** (np.arange(width // 4) / max(width // 4 - 1, 1))
+    num_frequencies = width // 4
+    omega = 1.0 / temperature ** (np.arange(num_frequencies) / max(num_frequencies - int(endpoint), 1))
     y = np.einsum("m,d->md", y.reshape(-1), omega)
     x = np.einsum("m,d->md", x.reshape(-1), omega)
     posemb = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
@@ -253,23 +262,19 @@ def resize_posemb(posemb: jax.Array, new_grid: tuple[int, int], num_prefix_token
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
     """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C], each patch flattened row, column, channel (MAE)."""
-    b, h, w, c = images.shape
-    p = patch_size
-    _check_divisible((h, w), p)
-    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
+    _check_divisible(images.shape[1:3], patch_size)
+    return einops.rearrange(images, "b (h p) (w q) c -> b (h w) (p q c)", p=patch_size, q=patch_size)
 
 
 def unpatchify(patches: jax.Array, patch_size: int, grid: tuple[int, int] | None = None,
                channels: int = 3) -> jax.Array:
     """Inverse of `patchify`; `grid` (patch rows, columns) defaults to a square one."""
-    b, n, _ = patches.shape
+    n = patches.shape[1]
     gh, gw = grid if grid is not None else (math.isqrt(n),) * 2
     if gh * gw != n:
         raise ValueError(f"{n} patches do not fill a {gh}x{gw} grid; pass the grid explicitly.")
-    p = patch_size
-    x = patches.reshape(b, gh, gw, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, gh * p, gw * p, channels)
+    return einops.rearrange(patches, "b (h w) (p q c) -> b (h p) (w q) c", h=gh, w=gw, p=patch_size,
+                            q=patch_size, c=channels)
 
 
 def _check_divisible(size: tuple[int, int], patch_size: int) -> None:
@@ -496,7 +501,7 @@ class MAEDecoder(nnx.Module):
         prefix, visible = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
         masked = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, n - visible.shape[1], x.shape[-1]))
         x = jnp.take_along_axis(jnp.concatenate([visible, masked], axis=1), restore_indices[:, :, None], axis=1)
-        x = x + posemb_sincos_2d(self.grid_size, x.shape[-1]).astype(x.dtype)
+        x = x + posemb_sincos_2d(self.grid_size, x.shape[-1], endpoint=False).astype(x.dtype)  # MAE's
         x = jnp.concatenate([prefix, x], axis=1)  # the cls token takes part in attention, as in MAE
         for block in self.blocks:
             x = block(x, train)
