@@ -44,6 +44,19 @@ MAE_CPU_BUDGET_VIT = dict(name="vit", variant="Ti", depth=4, patch_size=4, image
                           posemb="sincos2d")
 
 
+def dcgan(c, image_size: int, base_width: int) -> None:
+    """Radford et al. 2016 as the PyTorch DCGAN example trains it: z of 100, one non-saturating D
+    update per G update, Adam lr 2e-4 with betas (0.5, 0.999), no weight decay, a constant rate."""
+    c.model = dict(name="dcgan_discriminator", image_size=image_size, base_width=base_width)
+    c.method = dict(name="dcgan", generator=dict(latent_dim=100, base_width=base_width), loss="non_saturating",
+                    n_disc=1, label_smoothing=0.0)
+    c.optimizer.name = "adamw"
+    c.optimizer.lr = 2e-4
+    c.optimizer.betas = (0.5, 0.999)
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.schedule = "constant"
+
+
 def imagenet(c, augment: dict, data_dir: str = "") -> None:
     """ImageNet-1k from a prepared tfds `imagenet2012` (train for pretraining and probe fitting,
     validation for the scores), standardized with the ImageNet mean and std."""

@@ -35,14 +35,7 @@ def get_config(arg=None):
     c.pictures_every = 5000
     c.checkpoint.every_steps = 5000
 
-    c.model = dict(name="dcgan_discriminator", image_size=32, base_width=64)
-    c.method = dict(name="dcgan", generator=dict(latent_dim=100, base_width=64), loss="non_saturating",
-                    n_disc=1, label_smoothing=0.0)
-    c.optimizer.name = "adamw"
-    c.optimizer.lr = 2e-4
-    c.optimizer.betas = (0.5, 0.999)
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.schedule = "constant"
+    common.dcgan(c, image_size=32, base_width=64)
 
     c.data.source = dict(name="image_folder", root=arg.data_root)
     c.data.train_split = "train"

@@ -15,6 +15,7 @@ betas (0.5, 0.999), no weight decay, constant rate, non-saturating loss, one D u
 update; the networks are narrower (base width 32) and z has 100 dimensions. Samples from fixed
 noise go to WORKDIR/pictures every 100 steps.
 """
+import common
 from vision_jax.config import default_config, parse_arg
 
 
@@ -27,14 +28,7 @@ def get_config(arg=None):
     c.log_every = 100
     c.pictures_every = 100
 
-    c.model = dict(name="dcgan_discriminator", image_size=16, base_width=32)
-    c.method = dict(name="dcgan", generator=dict(latent_dim=100, base_width=32), loss="non_saturating",
-                    n_disc=1, label_smoothing=0.0)
-    c.optimizer.name = "adamw"
-    c.optimizer.lr = 2e-4
-    c.optimizer.betas = (0.5, 0.999)
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.schedule = "constant"
+    common.dcgan(c, image_size=16, base_width=32)
 
     c.data.source.name = "digits"
     c.data.train_split = "train[:80%]"
