@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import REPO, checkpoint_steps, losses, run_cli, saved_state
+from helpers import REPO, TEST_XLA_FLAGS, checkpoint_steps, losses, run_cli, saved_state
 from jax.sharding import AbstractMesh
 
 from vision_jax import config as config_lib
@@ -274,7 +274,7 @@ def test_bad_teacher_student_input_is_refused_with_a_clear_message(tmp_path):
 def test_each_method_gives_the_same_losses_on_one_and_eight_devices():
     def curves(devices, sharding):
         env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}")
         result = subprocess.run([sys.executable, "tests/method_losses.py", sharding, "byol", "mocov3", "dino"],
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
