@@ -1,16 +1,9 @@
 """The test session's process compiles into the same persistent cache as the training subprocesses
 it starts (helpers.COMPILATION_CACHE_DIR): the many small in-process runs of one program compile it
-once; every process compiles with helpers.TEST_XLA_FLAGS. Each test's other caches (image_folder's
-listings) go to a temporary folder of its own."""
-import os
-
+once. Each test's other caches (image_folder's listings) go to a temporary folder of its own."""
 import jax
 import pytest
-from helpers import CACHE_MIN_COMPILE_SECONDS, COMPILATION_CACHE_DIR, TEST_XLA_FLAGS
-
-# Read when JAX first starts its CPU backend, after this file; inherited by subprocesses that copy
-# os.environ without setting XLA_FLAGS themselves.
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+from helpers import CACHE_MIN_COMPILE_SECONDS, COMPILATION_CACHE_DIR
 
 jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", float(CACHE_MIN_COMPILE_SECONDS))

@@ -28,18 +28,11 @@ _COMPILATION_CACHE = tempfile.TemporaryDirectory(prefix="vision_jax_test_jit_cac
 COMPILATION_CACHE_DIR = _COMPILATION_CACHE.name
 CACHE_MIN_COMPILE_SECONDS = "0.5"  # train steps and state inits, not the many tiny eager ops
 
-# The suite's time goes mostly to compiling many small programs once each. XLA's CPU backend
-# without LLVM's expensive optimization passes compiles them faster (a tiny CNN's SimCLR train step:
-# 34 s instead of 48-53 s on the loaded 2-core machine) and runs them no slower at these sizes. The
-# programs (HLO) are the same: only the machine code is less optimized. Every test process uses it:
-# conftest.py sets it for the session's own process, subprocess_env for training subprocesses.
-TEST_XLA_FLAGS = "--xla_llvm_disable_expensive_passes=true"
-
 
 def subprocess_env(devices: int = 1) -> dict[str, str]:
     """The environment of a training subprocess: this checkout, `devices` fake CPU devices."""
     return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}",
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                 JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE_DIR,
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=CACHE_MIN_COMPILE_SECONDS,
                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

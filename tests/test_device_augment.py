@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import REPO, TEST_XLA_FLAGS
+from helpers import REPO
 from PIL import Image
 from scipy import stats
 
@@ -427,7 +427,7 @@ def test_jitted_recipe_on_eight_sharded_devices_equals_one_device(images, simclr
             np.save(f"{tmp_path}/{{axis_type.name}}.npy", np.asarray(views))
     """)
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]

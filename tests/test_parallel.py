@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 from flax import nnx
-from helpers import REPO, TEST_XLA_FLAGS
+from helpers import REPO
 from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
 
@@ -120,7 +120,7 @@ def sharded_reports():
     specs = [{"name": SHARDED_MODELS[m][0], "options": SHARDED_MODELS[m][1], "size": SHARDED_MODELS[m][2],
               "rule_set": rule_set, "mesh": mesh} for m, rule_set, mesh in CASES]
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
     result = subprocess.run([sys.executable, str(REPO / "tests" / "sharded_model_check.py"), json.dumps(specs)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
