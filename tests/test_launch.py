@@ -16,7 +16,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, TINY_SIMCLR, checkpoint_steps, losses, saved_state, subprocess_env
+from helpers import REPO, TINY_SIMCLR, checkpoint_steps, losses, saved_state
 
 CONFIG = "configs/simclr_digits.py:runlocal"
 OVERRIDES = [*TINY_SIMCLR, "--config.total_steps=30", "--config.checkpoint.every_steps=10",
@@ -52,9 +52,8 @@ def _fake_slurm(tmp_path) -> dict:
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    # subprocess_env: one device per process, and the session's compilation cache, so that only the
-    # first job's processes compile the train step.
-    return dict(subprocess_env(devices=1), PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable,
+    return dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable, PYTHONPATH=str(REPO),
+                JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
                 SLURM_JOB_ID="4242", SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2",
                 FAKE_SLURM_PIDS=str(tmp_path / "pids"), FAKE_SCONTROL_LOG=str(tmp_path / "scontrol.log"))
 
