@@ -9,12 +9,13 @@ from helpers import REPO, TINY_SIMCLR, losses, run_cli
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/simclr_digits.py:runlocal"
+TINY = [*TINY_SIMCLR, "--config.eval_baselines=()"]  # loss curves are compared: no baselines to evaluate
 
 
 @pytest.fixture(scope="module")
 def one_device_losses(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("one_device")
-    run_cli("vision_jax.train", CONFIG, workdir, *TINY_SIMCLR, devices=1)
+    run_cli("vision_jax.train", CONFIG, workdir, *TINY, devices=1)
     return losses(workdir)
 
 
@@ -22,7 +23,7 @@ def one_device_losses(tmp_path_factory):
 def test_eight_devices_match_one_device(one_device_losses, tmp_path, sharding):
     # SimCLR exercises both cross-device paths: negatives from the whole global batch, and
     # BatchNorm statistics over the global batch.
-    run_cli("vision_jax.train", CONFIG, tmp_path, *TINY_SIMCLR, f"--config.sharding={sharding}", devices=8)
+    run_cli("vision_jax.train", CONFIG, tmp_path, *TINY, f"--config.sharding={sharding}", devices=8)
     eight = losses(tmp_path)
     assert sorted(eight) == sorted(one_device_losses) == list(range(1, 11))
     steps = sorted(eight)
@@ -32,7 +33,7 @@ def test_eight_devices_match_one_device(one_device_losses, tmp_path, sharding):
 
 
 def test_batch_not_divisible_by_devices_is_refused(tmp_path):
-    result = run_cli("vision_jax.train", CONFIG, tmp_path, *TINY_SIMCLR, "--config.batch_size=12",
+    result = run_cli("vision_jax.train", CONFIG, tmp_path, *TINY, "--config.batch_size=12",
                      devices=8, check=False)
     assert result.returncode != 0
     assert "batch_size=12 is not divisible by the 8 devices" in result.stderr
@@ -43,7 +44,7 @@ def test_two_processes_match_one_device(one_device_losses, tmp_path):
     # Two processes joined by jax.distributed (gloo CPU collectives): the multi-host code path.
     # Each feeds its half of every global batch; the global batch, and so the curve, is unchanged.
     python_first_path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]  # the script runs `python`
-    result = subprocess.run(["bash", "launch/multiprocess_cpu.sh", "2", CONFIG, str(tmp_path), *TINY_SIMCLR],
+    result = subprocess.run(["bash", "launch/multiprocess_cpu.sh", "2", CONFIG, str(tmp_path), *TINY],
                             cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), PATH=python_first_path),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

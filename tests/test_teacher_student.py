@@ -3,7 +3,6 @@ kept out of the optimizer, sharded like what they follow; DINO's frozen last lay
 teacher evaluation; the online probe and collapse monitor; gradient accumulation; mixup through the
 trainer; bad input; 1 vs 8 devices; a killed run resumes bitwise."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import REPO, checkpoint_steps, losses, run_cli, saved_state
+from helpers import REPO, checkpoint_steps, losses, run_cli, saved_state, subprocess_env
 from jax.sharding import AbstractMesh
 
 from vision_jax import config as config_lib
@@ -273,10 +272,8 @@ def test_bad_teacher_student_input_is_refused_with_a_clear_message(tmp_path):
 @pytest.mark.slow
 def test_each_method_gives_the_same_losses_on_one_and_eight_devices():
     def curves(devices, sharding):
-        env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
         result = subprocess.run([sys.executable, "tests/method_losses.py", sharding, "byol", "mocov3", "dino"],
-                                cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                                cwd=REPO, env=subprocess_env(devices), capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
         return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -297,10 +294,10 @@ def test_a_killed_byol_run_resumes_bitwise(tmp_path):
 
     resumed = tmp_path / "resumed"
     kill_step = int(np.random.default_rng().integers(5, 14))
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    # subprocess_env: the compilation cache, where the uninterrupted run left the train step.
     process = subprocess.Popen([sys.executable, "-m", "vision_jax.train", f"--config={config}",
-                                f"--workdir={resumed}", *overrides], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+                                f"--workdir={resumed}", *overrides], cwd=REPO, env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in process.stdout:
         if line.startswith(f"step {kill_step}/"):
             process.send_signal(signal.SIGKILL)
