@@ -1,9 +1,9 @@
 """The models' 2-D convolution: XLA's, or on CPU the same convolution with a faster kernel gradient.
 
-XLA:CPU (jax 0.10.2) runs a convolution's forward pass and its input gradient about as fast as
-PyTorch (YNNPACK's convolution), but its kernel gradient dW[i, j] = sum x[.. + (i, j)] dy is a
+On XLA:CPU (jax 0.10.2) a convolution's kernel gradient dW[i, j] = sum x[.. + (i, j)] dy is a
 convolution whose window is as large as the image, run after transposing both operands: 2-4x the
-forward pass's time on ResNet shapes (bench/conv_cpu.py prints the table). The 'cpu'
+forward pass's time on ResNet shapes (bench/conv_cpu.py prints the table). (Its forward pass and
+input gradient are slower than PyTorch's too, on an idle machine: README, "Measured train step".) The 'cpu'
 implementation keeps XLA's forward pass and input gradient and computes the kernel gradient as
 one matmul per chunk of a few images, dW = im2col(x)^T dy, with the chunk's im2col built
 transposed ([kh * kw * C_in, pixels], the operand order XLA hands to YNNPACK's matmul) and small
