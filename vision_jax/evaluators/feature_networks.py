@@ -48,7 +48,8 @@ class FeatureNetwork:
         if self.kind == "inception":
             from vision_jax.models.inception import load_fid_inception  # the port of pytorch-fid's network
 
-            return (jax.jit(load_fid_inception(self.path)),
+            # Already jitted with the weights as arguments; another jit would bake them in as constants.
+            return (load_fid_inception(self.path),
                     f"Inception-v3 pool3 features (pytorch-fid's FID network, weights {self.path})")
         return _checkpoint_features(self.path)
 
