@@ -264,6 +264,15 @@ class Run:
         return type(self.method).pictures is not Method.pictures and self.config.num_pictures > 0
 
     @functools.cached_property
+    def _picture_images(self) -> jax.Array:
+        """The first held-out batch, read once: every picture shows the same images."""
+        eval_augment = self.config.data.eval_augment
+        preprocess = AUGMENTATIONS.build(eval_augment.name, options_of(eval_augment))
+        local = next(pipeline.eval_batches(self.eval_sources["test"], preprocess, global_batch=self.eval_batch_size,
+                                           process_index=jax.process_index(), process_count=jax.process_count()))
+        return parallel.to_global_batch(local, parallel.batch_sharding(self.mesh))["image"]
+
+    @functools.cached_property
     def _draw_pictures(self):
         count = min(self.config.num_pictures, self.eval_sources["test"].num_examples, self.eval_batch_size)
         key = jax.random.fold_in(jax.random.key(self.config.seed), 3)  # the same masks or noise at every call
@@ -278,12 +287,8 @@ class Run:
         `config.num_pictures` held-out images; {} for methods that draw none."""
         if not self.draws_pictures():
             return {}
-        eval_augment = self.config.data.eval_augment
-        preprocess = AUGMENTATIONS.build(eval_augment.name, options_of(eval_augment))
-        local = next(pipeline.eval_batches(self.eval_sources["test"], preprocess, global_batch=self.eval_batch_size,
-                                           process_index=jax.process_index(), process_count=jax.process_count()))
-        images = parallel.to_global_batch(local, parallel.batch_sharding(self.mesh))["image"]
-        drawn = jax.device_get(self._draw_pictures(state["params"], state["ema"], state["model_state"], images))
+        drawn = jax.device_get(self._draw_pictures(state["params"], state["ema"], state["model_state"],
+                                                   self._picture_images))
         # Float pictures are in the model's input range: the training views' ([-1, 1] or ImageNet-standardized).
         normalized = bool(options_of(self.config.data.augment).get("normalize", False))
         return {name: picture if picture.dtype == np.uint8 else model_range_to_uint8(picture, normalized)
