@@ -21,11 +21,14 @@ TINY_SIMCLR = [
 ]
 
 
-# One persistent compilation cache for a test session, its own process (conftest.py) and the training
-# subprocesses: a run that is interrupted, resumed or repeated compiles its step once. The programs
-# (and results) are the same with or without it.
-_COMPILATION_CACHE = tempfile.TemporaryDirectory(prefix="vision_jax_test_jit_cache_")
-COMPILATION_CACHE_DIR = _COMPILATION_CACHE.name
+# One persistent compilation cache for a test session: its processes (conftest.py; the pytest-xdist
+# workers, which inherit the folder through the environment from the process that made it) and the
+# training subprocesses. A run that is interrupted, resumed or repeated compiles its step once. The
+# programs (and results) are the same with or without it.
+if "VISION_JAX_TEST_JIT_CACHE" not in os.environ:
+    _COMPILATION_CACHE = tempfile.TemporaryDirectory(prefix="vision_jax_test_jit_cache_")  # removed at exit
+    os.environ["VISION_JAX_TEST_JIT_CACHE"] = _COMPILATION_CACHE.name
+COMPILATION_CACHE_DIR = os.environ["VISION_JAX_TEST_JIT_CACHE"]
 CACHE_MIN_COMPILE_SECONDS = "0.5"  # train steps and state inits, not the many tiny eager ops
 
 

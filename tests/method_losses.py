@@ -1,5 +1,5 @@
 """Run in subprocesses by test_teacher_student.py, with 1 or 8 (fake CPU) devices: trains each
-method named on the command line for a few steps of its digits recipe (tiny CNN, the same seed
+method named on the command line for a few steps of its digits recipe (tiny networks, the same seed
 and batches) and prints one JSON line {method: [loss per step]}."""
 import json
 import sys
@@ -11,14 +11,21 @@ from vision_jax import config as config_lib
 from vision_jax import parallel, trainer
 from vision_jax.data import pipeline
 
-TINY = ["data.image_size=16", "model.widths=(8,16,32,32)", "batch_size=32", "total_steps=6"]
-HEADS = {"byol": ["method.projection_hidden_dim=32", "method.prediction_hidden_dim=32"],
-         "mocov3": ["method.hidden_dim=32"], "dino": ["method.hidden_dim=32", "method.out_dim=64"]}
+LENGTH = ["batch_size=32", "total_steps=6"]
+TINY_CNN = ["data.image_size=16", "model.widths=(8,16,32,32)"]
+RECIPES = {  # method: (recipe, overrides)
+    "byol": ("configs/ssl_digits.py:method=byol,runlocal",
+             [*TINY_CNN, "method.projection_hidden_dim=32", "method.prediction_hidden_dim=32"]),
+    "mocov3": ("configs/ssl_digits.py:method=mocov3,runlocal", [*TINY_CNN, "method.hidden_dim=32"]),
+    "dino": ("configs/ssl_digits.py:method=dino,runlocal", [*TINY_CNN, "method.hidden_dim=32", "method.out_dim=64"]),
+    "mae": ("configs/ssl_digits.py:method=mae,runlocal", ["method.decoder_width=32", "method.decoder_depth=1"]),
+    "dcgan": ("configs/dcgan_digits.py:runlocal", ["method.n_disc=2"]),  # its own update, two D steps in one
+}
 
 
 def losses(method: str, sharding: str) -> list[float]:
-    config = config_lib.load_config(f"configs/ssl_digits.py:method={method},runlocal",
-                                    [*TINY, *HEADS[method], f"sharding={sharding}"])
+    recipe, overrides = RECIPES[method]
+    config = config_lib.load_config(recipe, [*LENGTH, *overrides, f"sharding={sharding}"])
     with tempfile.TemporaryDirectory() as workdir:
         run = trainer.Run(config, workdir)
         state = run.init_state()

@@ -51,44 +51,56 @@ def first_batch(run: trainer.Run) -> dict:
     return parallel.to_global_batch(next(batches), parallel.batch_sharding(run.mesh))
 
 
-def test_one_step_updates_d_then_g_through_the_updated_d(tmp_path):
-    run = trainer.Run(config_lib.load_config(RECIPE), str(tmp_path))
+@pytest.mark.parametrize("n_disc", [1, 2])
+def test_one_step_updates_d_then_g_through_the_updated_d(tmp_path, n_disc):
+    overrides = [f"method.n_disc={n_disc}"] if n_disc > 1 else []
+    run = trainer.Run(config_lib.load_config(RECIPE, overrides), str(tmp_path))
     state, batch = run.init_state(), first_batch(run)
     params, model_state = jax.tree.map(jnp.copy, (state["params"], state["model_state"]))  # the step donates its input
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 0)  # the trainer's key for step 0
-    new_state, metrics = run.compile_step()(state, batch)  # the program the run of the next test compiles
+    new_state, metrics = run.compile_step()(state, batch)  # n_disc=1: the program the run of the next test compiles
 
     @jax.jit
-    def by_hand(params, model_state, real):
-        """The PyTorch example's step: Adam(2e-4, betas (0.5, 0.999)) for each network; D on the
-        real batch and on G(z) detached; then G's non-saturating loss through the updated D. Also
-        G's step through the D of before its update, which the method must not take."""
+    def by_hand(params, model_state, images):
+        """The PyTorch example's step: Adam(2e-4, betas (0.5, 0.999)) for each network; n_disc times
+        D on its own real batch (rows k, k + n_disc, ...) and on G(z_k) detached; then G's
+        non-saturating loss on the last fakes, through the updated D. Also G's step through the D of
+        before its updates, which the method must not take."""
         bce_real = lambda logits: jnp.mean(jax.nn.softplus(-logits))  # -log sigmoid
         bce_fake = lambda logits: jnp.mean(jax.nn.softplus(logits))  # -log (1 - sigmoid)
         adam = optax.adam(2e-4, b1=0.5, b2=0.999)
-        z = jax.random.normal(jax.random.fold_in(rng, 0), (real.shape[0], run.method.latent_dim))
+        per_update = images.shape[0] // n_disc
+        zs = [jax.random.normal(jax.random.fold_in(rng, k), (per_update, run.method.latent_dim))
+              for k in range(n_disc)]
 
-        def networks():
+        def networks(d_params=None):
             model = nnx.merge(run.graphdef, params, model_state)
+            if d_params is not None:
+                nnx.update(model.discriminator, d_params)
             return model.discriminator, model.generator
 
-        def adam_step(module, grads):
+        def adam_step(module, grads, moments=None):
             weights = nnx.state(module, nnx.Param)
-            updates, _ = adam.update(grads, adam.init(weights), weights)
+            updates, moments = adam.update(grads, moments or adam.init(weights), weights)
             nnx.update(module, optax.apply_updates(weights, updates))
-            return nnx.to_pure_dict(nnx.state(module, nnx.Param))
+            return nnx.to_pure_dict(nnx.state(module, nnx.Param)), moments
 
         def g_loss(generator, discriminator):
-            return bce_real(discriminator(generator(z, train=True), train=True))
+            return bce_real(discriminator(generator(zs[-1], train=True), train=True))
 
-        discriminator, generator = networks()
-        d_real = jnp.mean(jax.nn.sigmoid(networks()[0](real, train=True)))
-        fake = jax.lax.stop_gradient(generator(z, train=True))
-        d_params = adam_step(discriminator, nnx.grad(
-            lambda d: bce_real(d(real, train=True)) + bce_fake(d(fake, train=True)))(discriminator))
-        g_params = adam_step(generator, nnx.grad(g_loss)(generator, discriminator))
+        d_params, d_moments = None, None
+        for k in range(n_disc):
+            discriminator, generator = networks(d_params)
+            real = images[k::n_disc]
+            fake = jax.lax.stop_gradient(generator(zs[k], train=True))
+            if k == n_disc - 1:
+                d_real = jnp.mean(jax.nn.sigmoid(discriminator(real, train=True)))
+            d_params, d_moments = adam_step(discriminator, nnx.grad(
+                lambda d: bce_real(d(real, train=True)) + bce_fake(d(fake, train=True)))(discriminator), d_moments)
+        discriminator, generator = networks(d_params)
+        g_params, _ = adam_step(generator, nnx.grad(g_loss)(generator, discriminator))
         stale_discriminator, stale_generator = networks()
-        stale_g_params = adam_step(stale_generator, nnx.grad(g_loss)(stale_generator, stale_discriminator))
+        stale_g_params, _ = adam_step(stale_generator, nnx.grad(g_loss)(stale_generator, stale_discriminator))
         return d_params, g_params, stale_g_params, d_real
 
     d_params, g_params, stale_g_params, d_real = by_hand(params, model_state, batch["image"])
@@ -100,8 +112,8 @@ def test_one_step_updates_d_then_g_through_the_updated_d(tmp_path):
                                                  new_state["params"]["generator"], stale_g_params)))
     assert stale_gap > 1e-5  # through the old D, G would have moved elsewhere
     assert float(metrics["d_real"]) == pytest.approx(float(d_real), rel=1e-5)
-    # One Adam step each: D's update left G's moments and count alone, and the other way round.
-    assert [int(new_state["opt_state"][net][0].count) for net in ("discriminator", "generator")] == [1, 1]
+    # n_disc Adam steps for D, one for G: each update left the other network's moments and count alone.
+    assert [int(new_state["opt_state"][net][0].count) for net in ("discriminator", "generator")] == [n_disc, 1]
 
 
 def read_png(path) -> np.ndarray:

@@ -271,15 +271,17 @@ def test_bad_teacher_student_input_is_refused_with_a_clear_message(tmp_path):
 
 @pytest.mark.slow
 def test_each_method_gives_the_same_losses_on_one_and_eight_devices():
+    methods = ("byol", "mocov3", "dino", "mae", "dcgan")  # the recipes of tests/method_losses.py
+
     def curves(devices, sharding):
-        result = subprocess.run([sys.executable, "tests/method_losses.py", sharding, "byol", "mocov3", "dino"],
+        result = subprocess.run([sys.executable, "tests/method_losses.py", sharding, *methods],
                                 cwd=REPO, env=subprocess_env(devices), capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     one, eight = curves(1, "replicate"), curves(8, "fsdp")
     assert (one["devices"], eight["devices"]) == (1, 8)
-    for method in ("byol", "mocov3", "dino"):
+    for method in methods:
         np.testing.assert_allclose(eight[method], one[method], rtol=2e-4, err_msg=method)
         assert len(set(one[method])) > 1  # the losses move: agreement is not two constants
 
