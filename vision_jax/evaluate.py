@@ -5,6 +5,7 @@
     python -m vision_jax.evaluate --config=/tmp/simclr_digits/config.json --workdir=/tmp/simclr_digits \
         --config.data.eval_test_split='train[:100]'
 """
+import functools
 import json
 import os
 
@@ -46,5 +47,10 @@ def main(overrides: list[str]) -> None:
         evaluate(config_lib.load_config(cli.FLAGS.config, overrides), cli.FLAGS.workdir)
 
 
+def run() -> None:
+    """The `vision-jax-evaluate` command (and `python -m vision_jax.evaluate`)."""
+    app.run(main, flags_parser=functools.partial(cli.parse_flags, doc=__doc__))
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    run()

@@ -15,7 +15,9 @@ import math
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+from vision_jax import console
+
+console.import_tensorflow_quietly()  # before anything imports it loudly
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -4,6 +4,8 @@
 
 Rerunning the same command resumes from the latest checkpoint in --workdir.
 """
+import functools
+
 from absl import app
 
 from vision_jax import cli
@@ -19,5 +21,10 @@ def main(overrides: list[str]) -> None:
         trainer.train(config, cli.FLAGS.workdir)
 
 
+def run() -> None:
+    """The `vision-jax-train` command (and `python -m vision_jax.train`)."""
+    app.run(main, flags_parser=functools.partial(cli.parse_flags, doc=__doc__))
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    run()
