@@ -7,14 +7,11 @@ import os
 import shlex
 import sys
 
+import jax
+from absl import flags, logging
+
 from vision_jax import console
-
-console.import_tensorflow_quietly()  # first, before anything imports it loudly
-
-import jax  # noqa: E402
-from absl import flags, logging  # noqa: E402
-
-from vision_jax.errors import PREEMPTED_EXIT_CODE, Preempted, UserError  # noqa: E402
+from vision_jax.errors import PREEMPTED_EXIT_CODE, Preempted, UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Recipe: path/to/recipe.py[:key=value,...].", required=True)
@@ -38,6 +35,7 @@ def parse_flags(argv: list[str], doc: str = "") -> list[str]:
     if {"--help", "-h", "--helpshort", "--helpfull"} & set(argv[1:]):
         print(f"{doc.strip()}\n\nFlags:\n{FLAGS.module_help(__name__)}")
         sys.exit(0)
+    console.import_tensorflow_quietly()  # before the trainer or the data pipeline import it loudly
     overrides = [arg[len(OVERRIDE_PREFIX):] for arg in argv[1:] if arg.startswith(OVERRIDE_PREFIX)]
     rest = [arg for arg in argv if not arg.startswith(OVERRIDE_PREFIX)]
     try:

@@ -4,6 +4,8 @@
     # Any split: the evaluators score config.data.eval_test_split (and probes fit on eval_train_split):
     python -m vision_jax.evaluate --config=/tmp/simclr_digits/config.json --workdir=/tmp/simclr_digits \
         --config.data.eval_test_split='train[:100]'
+
+An installed package has the same as a command: `vision-jax-evaluate --config=... --workdir=...`.
 """
 import functools
 import json

@@ -2,7 +2,9 @@
 
     python -m vision_jax.train --config=configs/simclr_digits.py --workdir=/tmp/simclr_digits
 
-Rerunning the same command resumes from the latest checkpoint in --workdir.
+Rerunning the same command resumes from the latest checkpoint in --workdir. An installed package
+has the same as a command: `vision-jax-train --config=... --workdir=...`. `--quiet` prints one line
+per log step and no progress bars (on by itself when the output is not a terminal).
 """
 import functools
 
