@@ -124,7 +124,7 @@ def render(workdir: str, content: dict) -> str:
             png = f.read()
         caption = html.escape(os.path.basename(path))
         parts.append(f"<figure>{_img(png, 'picture', caption)}<figcaption>{caption}</figcaption></figure>")
-    parts.append(f"<h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre></body></html>")
+    parts.append(f"<h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2), quote=False)}</pre></body></html>")
     return "\n".join(parts)
 
 
