@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import sysconfig
 
 import jax.numpy as jnp
@@ -142,6 +143,21 @@ def test_bar_on_a_terminal_moves_with_the_steps_and_lines_print_above_it(tmp_pat
     assert re.findall(r"^step (\d)/4  loss", captured.out, re.MULTILINE) == ["2", "4"]
     bar_states = re.findall(r"train: +(\d+)%\|[^|]*\| (\d)/4 \[[^,]+, ETA [^,\]]+, loss ([\d.]+)", captured.err)
     assert bar_states[-1] == ("100", "4", f"{1.0 / 4:.4f}")
+
+
+def test_quiet_by_itself_when_output_is_not_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv(console.QUIET_ENV, raising=False)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert not console.quiet()
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # piped to a log file
+    assert console.quiet()
+    monkeypatch.setenv(console.QUIET_ENV, "0")
+    assert not console.quiet()
 
 
 def test_retrieval_picture_shows_each_query_then_its_neighbours_nearest_first():

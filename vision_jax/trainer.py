@@ -272,14 +272,15 @@ class Run:
 
     # --- pictures ----------------------------------------------------------------------------
 
-    def views_picture(self, batch: dict) -> np.ndarray:
-        """A grid of a training batch's first examples as the model receives them (after
-        `data.device_augment`, if any), from this process's first device's share of the batch."""
+    def views_pictures(self, batch: dict) -> dict[str, np.ndarray]:
+        """{'views': a grid of a training batch's first examples as the model receives them (after
+        `data.device_augment`, if any)}, from this process's first device's share of the batch."""
         local = {key: value.addressable_data(0) for key, value in batch.items()}
         augment = self.config.data.augment
         if self.device_augment is not None:
             local, augment = self.device_augment(local, jax.random.key(self.config.seed)), self.config.data.device_augment
-        return show_views.batch_views(jax.device_get(local), bool(options_of(augment).get("normalize", False)))
+        views = show_views.batch_views(jax.device_get(local), bool(options_of(augment).get("normalize", False)))
+        return {} if views is None else {"views": views}
 
     def draws_pictures(self) -> bool:
         return type(self.method).pictures is not Method.pictures and self.config.num_pictures > 0
@@ -431,7 +432,7 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
     batches = parallel.prefetch_to_device(batches, parallel.batch_sharding(run.mesh))
     first_batch = next(batches)
     run.method.validate_batch({k: tuple(v.shape) for k, v in first_batch.items()})
-    logger.write_pictures(start, {"views": run.views_picture(first_batch)})
+    logger.write_pictures(start, run.views_pictures(first_batch))
     step_fn = run.compile_step().lower(state, first_batch).compile()
     step_flops = _flops(step_fn)  # per device: the compiled program is the partitioned one
     size = config.data.image_size  # 0: images keep their own sizes, so no single forward cost

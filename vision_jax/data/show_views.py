@@ -65,13 +65,15 @@ def grid(rows: list[list[np.ndarray]], cell_height: int) -> np.ndarray:
     return canvas
 
 
-def batch_views(batch: dict, normalized: bool, num_images: int = 8) -> np.ndarray:
+def batch_views(batch: dict, normalized: bool, num_images: int = 8) -> np.ndarray | None:
     """The grid of a training batch's first `num_images` examples, one row each: their views (SSL
-    methods) or augmented image (supervised, MAE, DCGAN), as the model receives them."""
+    methods) or augmented image (supervised, MAE, DCGAN), as the model receives them; None for a
+    batch without RGB images in the model's range."""
     arrays = {key: np.asarray(value) for key, value in batch.items()}
     rows = [view_images({key: value[i] for key, value in arrays.items()}, normalized)
             for i in range(min(num_images, len(next(iter(arrays.values())))))]
-    return grid(rows, max(96, *(image.shape[0] for row in rows for image in row)))
+    heights = [image.shape[0] for row in rows for image in row]
+    return grid(rows, max(96, *heights)) if heights else None
 
 
 def draw(config, num_images: int, cell_height: int = 0) -> np.ndarray:
