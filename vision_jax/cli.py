@@ -7,12 +7,11 @@ import os
 import shlex
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+import jax
+from absl import flags, logging
 
-import jax  # noqa: E402
-from absl import flags, logging  # noqa: E402
-
-from vision_jax.errors import PREEMPTED_EXIT_CODE, Preempted, UserError  # noqa: E402
+from vision_jax import console
+from vision_jax.errors import PREEMPTED_EXIT_CODE, Preempted, UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Recipe: path/to/recipe.py[:key=value,...].", required=True)
@@ -22,13 +21,21 @@ flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-proc
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.DEFINE_bool("distributed", False, "Join a multi-process run whose coordinator address, process count and "
                   "id come from the cluster environment (SLURM, Cloud TPU, ...; jax.distributed.initialize).")
+flags.DEFINE_bool("quiet", None, "One line per log step and no progress bars (default: on when the output is "
+                  "not a terminal); --noquiet forces the bars. Same as VISION_JAX_QUIET=1 / 0.")
 
 OVERRIDE_PREFIX = "--config."
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl parser that sets aside `--config.field=value` overrides (absl would reject them)."""
-    logging.set_verbosity(logging.WARNING)  # orbax logs every step of every save at INFO
+def parse_flags(argv: list[str], doc: str = "") -> list[str]:
+    """absl parser that sets aside `--config.field=value` overrides (absl would reject them). `--help`
+    prints `doc` (the command's docstring) and the flags, and exits 0."""
+    if not console.verbose():
+        logging.set_verbosity(logging.WARNING)  # orbax logs every step of every save at INFO
+    if {"--help", "-h", "--helpshort", "--helpfull"} & set(argv[1:]):
+        print(f"{doc.strip()}\n\nFlags:\n{FLAGS.module_help(__name__)}")
+        sys.exit(0)
+    console.import_tensorflow_quietly()  # before the trainer or the data pipeline import it loudly
     overrides = [arg[len(OVERRIDE_PREFIX):] for arg in argv[1:] if arg.startswith(OVERRIDE_PREFIX)]
     rest = [arg for arg in argv if not arg.startswith(OVERRIDE_PREFIX)]
     try:
@@ -36,6 +43,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as error:
         sys.exit(f"{error}\nUsage: python -m vision_jax.train --config=configs/<recipe>.py[:args] "
                  f"--workdir=DIR [--config.<field>=<value> ...]")
+    if FLAGS.quiet is not None:  # one switch, read wherever a bar is made (console.quiet)
+        os.environ[console.QUIET_ENV] = "1" if FLAGS.quiet else "0"
     return overrides
 
 

@@ -4,7 +4,10 @@
     # Any split: the evaluators score config.data.eval_test_split (and probes fit on eval_train_split):
     python -m vision_jax.evaluate --config=/tmp/simclr_digits/config.json --workdir=/tmp/simclr_digits \
         --config.data.eval_test_split='train[:100]'
+
+An installed package has the same as a command: `vision-jax-evaluate --config=... --workdir=...`.
 """
+import functools
 import json
 import os
 
@@ -46,5 +49,10 @@ def main(overrides: list[str]) -> None:
         evaluate(config_lib.load_config(cli.FLAGS.config, overrides), cli.FLAGS.workdir)
 
 
+def run() -> None:
+    """The `vision-jax-evaluate` command (and `python -m vision_jax.evaluate`)."""
+    app.run(main, flags_parser=functools.partial(cli.parse_flags, doc=__doc__))
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    run()

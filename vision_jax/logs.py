@@ -1,4 +1,5 @@
-"""Where metrics go: console progress, TensorBoard event files and a JSONL file in the workdir.
+"""Where metrics go: console progress (console.py), TensorBoard event files (scalars, pictures,
+the results table as text, the config as hparams) and a JSONL file in the workdir.
 
 Only process 0 writes; the others stay quiet.
 """
@@ -6,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import jax
 import numpy as np
 import tensorflow as tf  # the event-file writer; tf is already the input pipeline's
+from tensorboard.plugins.hparams import api as hparams_api
 
+from vision_jax import console
 from vision_jax.pictures import write_png
 
 
@@ -28,6 +30,7 @@ class MetricLogger:
         self.workdir = workdir
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self._tensorboard = None
+        self._bar = None  # the training progress bar, from the first `advance`
         if self.enabled:
             self._tensorboard = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
@@ -64,16 +67,60 @@ class MetricLogger:
                 tf.summary.image(f"pictures/{name}", picture[None])
         self._tensorboard.flush()
 
+    def write_text(self, step: int, name: str, markdown: str) -> None:
+        """A TensorBoard text summary (its Text tab renders Markdown, tables included)."""
+        if not self.enabled:
+            return
+        with self._tensorboard.as_default(step=step):
+            tf.summary.text(name, markdown)
+        self._tensorboard.flush()
+
+    def write_hparams(self, config: dict) -> None:
+        """The config, flattened to 'optimizer.lr'-style keys, as TensorBoard hparams (HParams tab)."""
+        if not self.enabled:
+            return
+        with self._tensorboard.as_default():
+            hparams_api.hparams(flat_hparams(config), trial_id=os.path.abspath(self.workdir))
+        self._tensorboard.flush()
+
+    def advance(self, step: int) -> None:
+        """Moves the training bar (a terminal only, console.py) to `step`, just finished."""
+        if self._bar is None:
+            self._bar = console.bar(total=self.total_steps, initial=step - 1, description="train",
+                                    enabled=self.enabled)
+        self._bar.update(step - self._bar.n)
+
+    def end_progress(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
     def progress(self, step: int, loss: float, images_per_s: float, seconds_per_step: float) -> None:
         if not self.enabled:
             return
         eta = _format_duration((self.total_steps - step) * seconds_per_step)
-        print(f"step {step}/{self.total_steps}  loss {loss:.4f}  {images_per_s:.1f} images/s  ETA {eta}",
-              flush=True)
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"loss {loss:.4f}, {images_per_s:.1f} images/s", refresh=False)
+        console.echo(f"step {step}/{self.total_steps}  loss {loss:.4f}  {images_per_s:.1f} images/s  ETA {eta}")
 
     def info(self, message: str) -> None:
         if self.enabled:
-            print(message, file=sys.stdout, flush=True)
+            console.echo(message)
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """{'optimizer.lr': 0.002, 'model.widths': '(8, 16)', ...}: the values TensorBoard's hparams take
+    (bool, int, float, str); tuples, lists and None as their text."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(tuple(value) if isinstance(value, list) else value)
+    return flat
 
 
 class CollapseMonitor:

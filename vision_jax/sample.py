@@ -3,6 +3,7 @@
     python -m vision_jax.sample --workdir=DIR --num=64 --out=grid.png
     # Each row walks from one latent to another (spherical interpolation) in --steps images:
     python -m vision_jax.sample --workdir=DIR --num=64 --interpolate --steps=8 --out=walk.png
+    vision-jax-sample --workdir=DIR --out=grid.png  # the same, as the installed command
 
 The images of seeds --seed, --seed+1, ... (the latent of each seed is fixed, see methods/dcgan.py):
 `--num=64` from seed 0 draws the same grid as the run's own WORKDIR/pictures/samples_step*.png of
@@ -15,15 +16,14 @@ import math
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from vision_jax.errors import ConfigError, MissingDataError  # noqa: E402
-from vision_jax.pictures import image_grid, write_png  # noqa: E402
+from vision_jax import console
+from vision_jax.errors import ConfigError, MissingDataError
+from vision_jax.pictures import image_grid, write_png
 
 
 class Generator:
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.num < 1 or args.steps < 2:
         parser.error("--num must be >= 1 and --steps >= 2")
 
+    console.import_tensorflow_quietly()  # before the trainer imports it loudly
     from vision_jax import cli
 
     with cli.user_errors_as_messages():

@@ -28,7 +28,7 @@ from flax import nnx
 
 from vision_jax import checkpoint, init_from, parallel, precision, preemption, schedules
 from vision_jax import workdir as workdir_lib
-from vision_jax.data import pipeline, pp
+from vision_jax.data import pipeline, pp, show_views
 from vision_jax.data.ops import model_range_to_uint8
 from vision_jax.data.sources import Source, build_source, class_balanced_subset
 from vision_jax.data.device_augment import DEVICE_AUGMENTATIONS
@@ -37,6 +37,7 @@ from vision_jax.errors import CheckpointError, ConfigError, Preempted, TrainingD
 from vision_jax.evaluators import EVALUATORS
 from vision_jax.evaluators.features import EvalData, Representation
 from vision_jax.evaluators.report import evaluate_all, format_table
+from vision_jax.evaluators.retrieval import retrieval_picture
 from vision_jax.logs import CollapseMonitor, MetricLogger
 from vision_jax.methods import METHODS
 from vision_jax.methods.base import Method, MethodSetup, OnlineProbe
@@ -233,6 +234,12 @@ class Run:
         return rows
 
     def evaluate(self, state: TrainState, with_baselines: bool) -> dict[str, dict[str, float]]:
+        return self.evaluate_and_draw(state, with_baselines)[0]
+
+    def evaluate_and_draw(self, state: TrainState,
+                          with_baselines: bool) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+        """The results, and this evaluation's pictures: kNN retrieval examples of the method's
+        features (evaluators/retrieval.py) when an evaluator read them, so they are already extracted."""
         representations = self.representations(self.config.method.name, state, with_online_probe=True)
         if with_baselines and "random_init" in self.config.eval_baselines:
             representations += self.representations("random_init", self.init_state(from_init=False),
@@ -244,7 +251,12 @@ class Run:
         eval_augment = self.config.data.eval_augment
         preprocess = AUGMENTATIONS.build(eval_augment.name, options_of(eval_augment))
         data = EvalData(self.eval_sources, preprocess, self.mesh, self.eval_batch_size)
-        return evaluate_all(self.evaluators, representations, data, with_references=with_baselines)
+        results = evaluate_all(self.evaluators, representations, data, with_references=with_baselines)
+        features_read = any(e.output == "features" for e in self.evaluators.values())
+        pictures = ({"knn_retrieval": retrieval_picture(representations[0], data)}
+                    if features_read and "features" in representations[0].outputs and jax.process_index() == 0
+                    else {})
+        return results, pictures
 
     def results_caption(self, step: int) -> str:
         """What the table measured: the run, and each evaluator's protocol."""
@@ -259,6 +271,16 @@ class Run:
         return ". ".join([caption, *protocols, *([origin.describe()] if origin else [])]) + "."
 
     # --- pictures ----------------------------------------------------------------------------
+
+    def views_pictures(self, batch: dict) -> dict[str, np.ndarray]:
+        """{'views': a grid of a training batch's first examples as the model receives them (after
+        `data.device_augment`, if any)}, from this process's first device's share of the batch."""
+        local = {key: value.addressable_data(0) for key, value in batch.items()}
+        augment = self.config.data.augment
+        if self.device_augment is not None:
+            local, augment = self.device_augment(local, jax.random.key(self.config.seed)), self.config.data.device_augment
+        views = show_views.batch_views(jax.device_get(local), bool(options_of(augment).get("normalize", False)))
+        return {} if views is None else {"views": views}
 
     def draws_pictures(self) -> bool:
         return type(self.method).pictures is not Method.pictures and self.config.num_pictures > 0
@@ -365,6 +387,7 @@ def _train(config, workdir: str, checkpointer: checkpoint.Checkpointer) -> dict[
         if stop.should_stop(start):  # a signal during start-up: nothing new to save
             raise Preempted(f"Stopped by {stop.received} before step {start + 1}; nothing new to save.", start)
         logger.forget_after(start)
+        logger.write_hparams(config.to_dict())
         logger.info(f"{config.method.name} / {config.model.name}: {run.num_params():,} parameters; "
                     f"mesh {dict(run.mesh.shape)}; global batch {config.batch_size}; "
                     f"train data {run.train_source.description} ({run.train_source.num_examples} examples)"
@@ -373,10 +396,13 @@ def _train(config, workdir: str, checkpointer: checkpoint.Checkpointer) -> dict[
 
     results = {}
     if run.evaluators:
-        results = run.evaluate(state, with_baselines=True)
+        results, pictures = run.evaluate_and_draw(state, with_baselines=True)
         logger.write(config.total_steps,
                      {f"final/{rep}/{k}": v for rep, row in results.items() for k, v in row.items()})
-        logger.info("\n" + format_table(results, run.results_caption(config.total_steps)))
+        logger.write_pictures(config.total_steps, pictures)
+        table = format_table(results, run.results_caption(config.total_steps))
+        logger.write_text(config.total_steps, "results", table)
+        logger.info("\n" + table)
         if jax.process_index() == 0:
             with open(results_path, "w") as f:
                 json.dump(results, f, indent=2)
@@ -406,6 +432,7 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
     batches = parallel.prefetch_to_device(batches, parallel.batch_sharding(run.mesh))
     first_batch = next(batches)
     run.method.validate_batch({k: tuple(v.shape) for k, v in first_batch.items()})
+    logger.write_pictures(start, run.views_pictures(first_batch))
     step_fn = run.compile_step().lower(state, first_batch).compile()
     step_flops = _flops(step_fn)  # per device: the compiled program is the partitioned one
     size = config.data.image_size  # 0: images keep their own sizes, so no single forward cost
@@ -422,6 +449,7 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
         for step in range(start, config.total_steps):
             state, metrics = step_fn(state, next(batches))
             done = step + 1
+            logger.advance(done)
             pending.append((done, metrics))
             is_last = done == config.total_steps
             stopping = stop.should_stop(done)  # every step, on every process (the processes agree)
@@ -462,11 +490,15 @@ def _train_loop(run: Run, state: TrainState, start: int, stop: preemption.StopSi
             if eval_now or pictures_now:
                 logger.write_pictures(done, run.pictures(state))
             if eval_now and run.evaluators:
-                results = run.evaluate(state, with_baselines=False)[config.method.name]
+                all_results, pictures = run.evaluate_and_draw(state, with_baselines=False)
+                results = all_results[config.method.name]
                 logger.write(done, {f"eval/{k}": v for k, v in results.items()})
+                logger.write_pictures(done, pictures)
+                logger.write_text(done, "results", format_table(all_results, run.results_caption(done)))
                 logger.info(f"step {done} eval: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
             if eval_now or pictures_now:
                 timer_step, timer_start = done, time.perf_counter()
     finally:
+        logger.end_progress()
         checkpointer.wait()
     return state

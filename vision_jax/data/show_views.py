@@ -15,7 +15,9 @@ import os
 import shlex
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+from vision_jax import console
+
+console.import_tensorflow_quietly()  # before anything imports it loudly
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -61,6 +63,17 @@ def grid(rows: list[list[np.ndarray]], cell_height: int) -> np.ndarray:
             canvas[top:top + cell_height, left:left + cell.shape[1]] = cell
             left += cell.shape[1] + GAP
     return canvas
+
+
+def batch_views(batch: dict, normalized: bool, num_images: int = 8) -> np.ndarray | None:
+    """The grid of a training batch's first `num_images` examples, one row each: their views (SSL
+    methods) or augmented image (supervised, MAE, DCGAN), as the model receives them; None for a
+    batch without RGB images in the model's range."""
+    arrays = {key: np.asarray(value) for key, value in batch.items()}
+    rows = [view_images({key: value[i] for key, value in arrays.items()}, normalized)
+            for i in range(min(num_images, len(next(iter(arrays.values())))))]
+    heights = [image.shape[0] for row in rows for image in row]
+    return grid(rows, max(96, *heights)) if heights else None
 
 
 def draw(config, num_images: int, cell_height: int = 0) -> np.ndarray:

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from vision_jax import parallel
+from vision_jax import console, parallel
 from vision_jax.data import pipeline
 from vision_jax.data.sources import Source
 
@@ -44,15 +44,17 @@ class EvalData:
         """(the representation's `output` for every example of `split`, their labels)."""
         key = (representation.name, output, split)
         if key not in self._cache:
-            self._cache[key] = self._run(representation.outputs[output], self.sources[split])
+            self._cache[key] = self._run(representation.outputs[output], self.sources[split],
+                                         f"{representation.name} {output} of {split}")
         return self._cache[key]
 
-    def _run(self, fn: Callable, source: Source) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, fn: Callable, source: Source, description: str) -> tuple[np.ndarray, np.ndarray]:
         sharding = parallel.batch_sharding(self.mesh)
         outputs, labels, masks = [], [], []
-        for local in pipeline.eval_batches(source, self.preprocess, global_batch=self.global_batch,
-                                           process_index=jax.process_index(),
-                                           process_count=jax.process_count()):
+        batches = pipeline.eval_batches(source, self.preprocess, global_batch=self.global_batch,
+                                        process_index=jax.process_index(), process_count=jax.process_count())
+        for local in console.bar(batches, total=-(-source.num_examples // self.global_batch),
+                                 description=description, enabled=jax.process_index() == 0, leave=False):
             batch = parallel.to_global_batch(local, sharding)
             gathered = multihost_utils.process_allgather(
                 {"out": fn(batch["image"]), "label": batch["label"], "mask": batch["mask"]}, tiled=True)

@@ -10,13 +10,17 @@ from vision_jax.evaluators import EVALUATORS
 from vision_jax.evaluators.features import EvalData, Representation
 
 
-@partial(jax.jit, static_argnames=("k", "num_classes"))
-def knn_predict(train_x, train_y, test_x, k: int, temperature: float, num_classes: int):
+def nearest_neighbours(train_x, test_x, k: int) -> tuple[jax.Array, jax.Array]:
+    """(cosine similarities, indices) of the k training features nearest to each test feature, nearest first."""
     def normalize(x):
         return x / jnp.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
 
-    similarity = normalize(test_x) @ normalize(train_x).T
-    top_similarity, top_index = jax.lax.top_k(similarity, k)
+    return jax.lax.top_k(normalize(test_x) @ normalize(train_x).T, k)
+
+
+@partial(jax.jit, static_argnames=("k", "num_classes"))
+def knn_predict(train_x, train_y, test_x, k: int, temperature: float, num_classes: int):
+    top_similarity, top_index = nearest_neighbours(train_x, test_x, k)
     votes = jax.nn.one_hot(train_y[top_index], num_classes) * jnp.exp(top_similarity / temperature)[..., None]
     return jnp.argmax(votes.sum(axis=1), axis=-1)
 
