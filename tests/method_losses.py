@@ -18,7 +18,6 @@ RECIPES = {  # method: (recipe, overrides)
              [*TINY_CNN, "method.projection_hidden_dim=32", "method.prediction_hidden_dim=32"]),
     "mocov3": ("configs/ssl_digits.py:method=mocov3,runlocal", [*TINY_CNN, "method.hidden_dim=32"]),
     "dino": ("configs/ssl_digits.py:method=dino,runlocal", [*TINY_CNN, "method.hidden_dim=32", "method.out_dim=64"]),
-    "mae": ("configs/ssl_digits.py:method=mae,runlocal", ["method.decoder_width=32", "method.decoder_depth=1"]),
     "dcgan": ("configs/dcgan_digits.py:runlocal", ["method.n_disc=2"]),  # its own update, two D steps in one
 }
 

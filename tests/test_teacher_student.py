@@ -271,7 +271,8 @@ def test_bad_teacher_student_input_is_refused_with_a_clear_message(tmp_path):
 
 @pytest.mark.slow
 def test_each_method_gives_the_same_losses_on_one_and_eight_devices():
-    methods = ("byol", "mocov3", "dino", "mae", "dcgan")  # the recipes of tests/method_losses.py
+    # MAE is left out: a plain gradient step like these, and its ViT takes minutes to compile for 8 devices.
+    methods = ("byol", "mocov3", "dino", "dcgan")  # the recipes of tests/method_losses.py
 
     def curves(devices, sharding):
         result = subprocess.run([sys.executable, "tests/method_losses.py", sharding, *methods],
