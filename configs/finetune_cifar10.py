@@ -94,6 +94,9 @@ def get_config(arg=None):
 
     if arg.cpu_budget:  # the 2-core budget of the SSL cpu_budget sources: fixed steps, one final evaluation
         c.total_steps, c.log_every = 900, 50
+        # Warmup epochs count passes over the labeled images: with all 45,000, 5 epochs would be 879
+        # of the 900 steps. At most a tenth of the run.
+        c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, c.total_steps // 10)
         if arg.protocol == "transfer":
             c.optimizer.groups.encoder.frozen_steps = 150
     if arg.runlocal:
