@@ -168,8 +168,9 @@ def test_tiny_mae_trains_on_digits_evaluates_the_unmasked_encoder_and_draws_its_
     assert results["mae"]["knn/top1"] > 30  # 10 classes: chance is 10%
 
     # Pictures at the evaluation point and at the end, as PNGs and as TensorBoard images.
-    assert sorted(p.name for p in (tmp_path / "pictures").iterdir()) == ["reconstruction_step000004.png",
-                                                                         "reconstruction_step000008.png"]
+    # (The kNN evaluator adds its retrieval grids and the start its views; those have their own tests.)
+    drawn = sorted(p.name for p in (tmp_path / "pictures").iterdir() if p.name.startswith("reconstruction"))
+    assert drawn == ["reconstruction_step000004.png", "reconstruction_step000008.png"]
     events = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
     tags = [value.tag for path in events for record in tf.data.TFRecordDataset(path)
             for value in tf.compat.v1.Event.FromString(record.numpy()).summary.value]
