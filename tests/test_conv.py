@@ -195,3 +195,64 @@ def test_dcgan_generator_layers_are_transposed_convolutions(impl_name, impl):
         assert y.shape == expected.shape == (2, size, size, layer.out_features)
         assert_close(y, expected, 1e-6)
         x = expected
+
+
+def kernel_grad_hlo_of(impl_name: str, case: str) -> str:
+    conv.set_conv_impl(impl_name)
+    x_shape, k_shape, strides, padding, dilation, *input_dilation = CASES[case]
+    input_dilation = input_dilation[0] if input_dilation else (1, 1)
+    x, kernel = randn(x_shape, 0), randn(k_shape, 1)
+    forward = lambda k: conv.conv_general_dilated(x, k, strides, padding, input_dilation, dilation,
+                                                  dimension_numbers=NHWC)
+    dy = jnp.zeros(jax.eval_shape(forward, kernel).shape)
+    return jax.jit(lambda k, dy: jax.vjp(forward, k)[1](dy)).lower(kernel, dy).as_text()
+
+
+@pytest.mark.parametrize("case, matmul", [
+    ("3x3 s1 (ResNet, CNN)", False), ("3x3 s2 (ResNet, CNN)", False), ("1x1 s1 (ResNet-50)", False),
+    ("4x4 s2 p1 (DCGAN discriminator)", False), ("1x1 s2 (ResNet shortcut)", True),
+    ("4x4 s4 VALID (ViT patches)", True), ("transposed 4x4 s2 (DCGAN generator)", True)])
+def test_auto_takes_the_matmul_kernel_gradient_only_where_it_is_faster(impl, case, matmul):
+    """On one CPU device 'auto' keeps XLA's kernel gradient for overlapping windows and takes the
+    matmul for transposed convolutions and non-overlapping strided windows (bench/conv_cpu.py)."""
+    hlo = kernel_grad_hlo_of("auto", case)
+    assert ("convolution" not in hlo and "dot_general" in hlo) == matmul, hlo[:2000]
+    assert "convolution" not in kernel_grad_hlo_of("cpu", case)  # 'cpu' forces the matmul everywhere
+
+
+def test_max_pool_equals_flax_max_pool_in_value_and_gradient():
+    """layers.max_pool (a max over a reshape) against nnx.max_pool (reduce_window), on sizes that
+    tile and sizes that leave a remainder (dropped, as VALID padding does)."""
+    from vision_jax.models.layers import max_pool
+    for shape, window in (((2, 8, 8, 3), 2), ((2, 9, 7, 3), 2), ((1, 12, 12, 2), 3)):
+        x = randn(shape, 4)  # continuous values: no tied maxima
+        weights = randn(nnx.max_pool(x, (window, window), strides=(window, window)).shape, 5)
+        ours = jax.value_and_grad(lambda x: jnp.sum(max_pool(x, window) * weights))(x)
+        flax = jax.value_and_grad(lambda x: jnp.sum(nnx.max_pool(x, (window, window), strides=(window, window))
+                                                    * weights))(x)
+        np.testing.assert_array_equal(max_pool(x, window), nnx.max_pool(x, (window, window), strides=(window, window)))
+        np.testing.assert_array_equal(ours[1], flax[1])
+        assert float(jnp.abs(ours[1]).sum()) > 0
+
+
+COMPILED_CONV = """
+import jax, jax.numpy as jnp
+import vision_jax.models  # sets XLA_FLAGS before the backend starts
+x, k = jnp.ones((8, 32, 32, 32)), jnp.ones((3, 3, 32, 32))  # large enough for XLA to hand to YNNPACK
+conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+print("ynn" if "__ynn_fusion" in jax.jit(conv).lower(x, k).compile().as_text() else "eigen")
+"""
+
+
+@pytest.mark.parametrize("user_flags, runs_on", [(None, "eigen"), ("+individual_convolution", "ynn")])
+def test_importing_the_models_moves_cpu_convolutions_off_single_threaded_ynnpack(user_flags, runs_on):
+    """Without a user setting, XLA:CPU's convolutions leave YNNPACK (one thread) for Eigen (every
+    core); a user's own --xla_cpu_experimental_ynn_fusion_type is left alone."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if user_flags:
+        env["XLA_FLAGS"] = f"--xla_cpu_experimental_ynn_fusion_type={user_flags}"
+    out = subprocess.run([sys.executable, "-c", COMPILED_CONV], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == runs_on, out.stderr[-2000:]

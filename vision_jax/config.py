@@ -147,8 +147,9 @@ def default_config() -> ConfigDict:
     c.precision.compute = "auto"
     c.precision.params = "float32"  # storage dtype of parameters and optimizer state
 
-    # Convolutions (models/conv.py): 'auto' is 'cpu' on one CPU device (XLA's forward pass and input
-    # gradient, a faster kernel gradient) and XLA's convolution elsewhere; 'xla' | 'cpu' force one.
+    # Convolutions (models/conv.py): 'auto' is XLA's convolution, except on one CPU device for the
+    # layers whose kernel gradient is faster as a matmul (transposed convolutions, non-overlapping
+    # strided windows); 'xla' | 'cpu' force one for every layer.
     c.conv_impl = "auto"
     return c
 

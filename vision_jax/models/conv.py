@@ -1,23 +1,37 @@
 """The models' 2-D convolution: XLA's, or on CPU the same convolution with a faster kernel gradient.
 
-On XLA:CPU (jax 0.10.2) a convolution's kernel gradient dW[i, j] = sum x[.. + (i, j)] dy is a
-convolution whose window is as large as the image, run after transposing both operands: 2-4x the
-forward pass's time on ResNet shapes (bench/conv_cpu.py prints the table). (Its forward pass and
-input gradient are slower than PyTorch's too, on an idle machine: README, "Measured train step".) The 'cpu'
-implementation keeps XLA's forward pass and input gradient and computes the kernel gradient as
-one matmul per chunk of a few images, dW = im2col(x)^T dy, with the chunk's im2col built
-transposed ([kh * kw * C_in, pixels], the operand order XLA hands to YNNPACK's matmul) and small
-enough to stay in cache: a whole-batch im2col is 9x the activation and the copy alone costs more
-than the matmul on a 2-core machine.
+Two things make XLA:CPU's convolutions slow (jax 0.10.2, measured with bench/conv_cpu.py and
+bench/train_step.py; README, "Measured train step"):
+
+- XLA hands each convolution to YNNPACK, which runs it on one thread: a 2-core machine leaves a
+  core idle during every forward pass and input gradient. XLA's Eigen convolution uses every
+  core. Importing this module therefore adds
+  `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` to `XLA_FLAGS` (convolutions
+  only; YNNPACK keeps the dots, reductions and elementwise work), unless `XLA_FLAGS` already
+  sets that option or the jaxlib has no such flag. It must happen before JAX starts its backend,
+  which the package's imports do; a process that ran JAX code before importing vision_jax keeps
+  YNNPACK convolutions (correct, slower).
+- A convolution's kernel gradient dW[i, j] = sum x[.. + (i, j)] dy is a convolution whose window
+  is as large as the image, which XLA runs well for overlapping windows (3x3, 4x4 stride 2) but
+  badly for transposed convolutions (DCGAN's generator: 20-40x slower) and for strided windows
+  that do not overlap (1x1 stride 2 shortcuts, patch embeddings: 1.2-1.5x). The 'cpu' kernel
+  gradient is one matmul per chunk of a few images, dW = im2col(x)^T dy, with the chunk's im2col
+  built transposed ([kh * kw * C_in, pixels], the operand order XLA hands to its matmul) and
+  small enough to stay in cache: a whole-batch im2col is 9x the activation, and the copy alone
+  costs more than the matmul on a 2-core machine.
 
 `impl` ('auto' | 'xla' | 'cpu') is chosen with `set_conv_impl` and read when a function is traced
-(so set it before jitting). 'auto' is 'cpu' on a single CPU device and XLA's convolution
-everywhere else: GPU/TPU keep cuDNN's/XLA's, and with several devices the batch is split
-across them, which the chunked kernel gradient would have to gather.
+(so set it before jitting). 'xla' is XLA's convolution everywhere; 'cpu' takes the matmul kernel
+gradient for every convolution it covers; 'auto' takes it on a single CPU device for the layers
+where it is the faster one (transposed convolutions, and strided windows that do not overlap),
+and is XLA's convolution everywhere else: GPU/TPU keep cuDNN's/XLA's, and with several devices
+the batch is split across them, which the chunked kernel gradient would have to gather.
 """
 from __future__ import annotations
 
 import functools
+import mmap
+import os
 from typing import NamedTuple, Sequence
 
 import jax
@@ -34,6 +48,30 @@ _CHUNK_BYTES = 8 * 2**20
 
 _impl = "auto"
 
+_EIGEN_CONVOLUTIONS_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+def _jaxlib_knows_flag(name: str) -> bool:
+    """Whether jaxlib's XLA defines the flag `name` (an unknown flag in XLA_FLAGS aborts the process)."""
+    import jaxlib  # noqa: PLC0415 (only to find its library)
+    library = os.path.join(os.path.dirname(jaxlib.__file__), "libjax_common.so")
+    try:
+        with open(library, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return data.find(name.encode()) >= 0
+    except (OSError, ValueError):
+        return False
+
+
+def _prefer_eigen_cpu_convolutions() -> None:
+    """Adds _EIGEN_CONVOLUTIONS_FLAG to XLA_FLAGS unless the user set that option (see the docstring)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    option = _EIGEN_CONVOLUTIONS_FLAG.split("=")[0]
+    if option not in flags and _jaxlib_knows_flag(option.lstrip("-")):
+        os.environ["XLA_FLAGS"] = f"{flags} {_EIGEN_CONVOLUTIONS_FLAG}".strip()
+
+
+_prefer_eigen_cpu_convolutions()
+
 
 def set_conv_impl(impl: str) -> None:
     """Chooses the convolution for functions traced from now on: 'auto', 'xla' or 'cpu'."""
@@ -45,7 +83,8 @@ def set_conv_impl(impl: str) -> None:
 
 
 def resolved_conv_impl() -> str:
-    """'xla' or 'cpu': what a convolution traced now runs."""
+    """'xla' or 'cpu': what a convolution traced now runs ('cpu' under 'auto': the matmul kernel
+    gradient for the layers where it is the faster one, XLA's convolution for the others)."""
     if _impl != "auto":
         return _impl
     return "cpu" if jax.default_backend() == "cpu" and jax.device_count() == 1 else "xla"
@@ -77,6 +116,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         dilated_window = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dilation)]
         padding = lax.padtype_to_pads(lhs.shape[1:3], dilated_window, strides, padding)
     geometry = _Geometry(strides, tuple(map(tuple, padding)), lhs_dilation, rhs_dilation)
+    if _impl == "auto" and not _matmul_kernel_grad_is_faster(rhs.shape[:2], geometry):
+        return xla()
     return _conv(lhs, rhs, geometry, precision)
 
 
@@ -85,6 +126,16 @@ class _Geometry(NamedTuple):
     padding: tuple[tuple[int, int], tuple[int, int]]
     lhs_dilation: tuple[int, int]
     rhs_dilation: tuple[int, int]
+
+
+def _matmul_kernel_grad_is_faster(window: tuple[int, int], geometry: _Geometry) -> bool:
+    """Where bench/conv_cpu.py measured the matmul kernel gradient ahead of XLA's (with Eigen's
+    convolutions): transposed convolutions, and strided windows that do not overlap (kernel <=
+    stride). XLA's is ahead on overlapping windows (3x3 and 4x4 at stride 1 or 2: 0.75-0.9x) and
+    level on 1x1 stride 1."""
+    if geometry.lhs_dilation != (1, 1):
+        return True
+    return all(s > 1 and (k - 1) * d + 1 <= s for k, s, d in zip(window, geometry.strides, geometry.rhs_dilation))
 
 
 def _xla_conv(x, kernel, geometry: _Geometry, precision):

@@ -12,7 +12,7 @@ from flax import nnx
 
 from vision_jax.errors import ConfigError
 from vision_jax.models import MODELS
-from vision_jax.models.layers import BatchNorm, Dtype, conv
+from vision_jax.models.layers import BatchNorm, Dtype, conv, max_pool
 
 
 class ConvGroup(nnx.Module):
@@ -22,7 +22,7 @@ class ConvGroup(nnx.Module):
         self.conv2, self.norm2 = conv(cout, cout, 3, **kw), BatchNorm(cout, **kw)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nnx.max_pool(self.conv1(x), (2, 2), strides=(2, 2))
+        x = max_pool(self.conv1(x), 2)
         x = nnx.gelu(self.norm1(x, use_running_average=not train), approximate=False)
         return nnx.gelu(self.norm2(self.conv2(x), use_running_average=not train), approximate=False)
 
