@@ -13,8 +13,8 @@ bench/train_step.py; README, "Measured train step"):
   YNNPACK convolutions (correct, slower).
 - A convolution's kernel gradient dW[i, j] = sum x[.. + (i, j)] dy is a convolution whose window
   is as large as the image, which XLA runs well for overlapping windows (3x3, 4x4 stride 2) but
-  badly for transposed convolutions (DCGAN's generator: 20-40x slower) and for strided windows
-  that do not overlap (1x1 stride 2 shortcuts, patch embeddings: 1.2-1.5x). The 'cpu' kernel
+  badly for transposed convolutions (DCGAN's generator: 4-38x slower per layer) and for strided windows
+  that do not overlap (1x1 stride 2 shortcuts, patch embeddings: 1.0-1.5x). The 'cpu' kernel
   gradient is one matmul per chunk of a few images, dW = im2col(x)^T dy, with the chunk's im2col
   built transposed ([kh * kw * C_in, pixels], the operand order XLA hands to its matmul) and
   small enough to stay in cache: a whole-batch im2col is 9x the activation, and the copy alone
