@@ -237,7 +237,7 @@ def test_max_pool_equals_flax_max_pool_in_value_and_gradient():
 
 COMPILED_CONV = """
 import jax, jax.numpy as jnp
-import vision_jax.models  # sets XLA_FLAGS before the backend starts
+import vision_jax  # sets XLA_FLAGS before the backend starts (vision_jax/xla_flags.py)
 x, k = jnp.ones((8, 32, 32, 32)), jnp.ones((3, 3, 32, 32))  # large enough for XLA to hand to YNNPACK
 conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 print("ynn" if "__ynn_fusion" in jax.jit(conv).lower(x, k).compile().as_text() else "eigen")
@@ -245,7 +245,7 @@ print("ynn" if "__ynn_fusion" in jax.jit(conv).lower(x, k).compile().as_text() e
 
 
 @pytest.mark.parametrize("user_flags, runs_on", [(None, "eigen"), ("+individual_convolution", "ynn")])
-def test_importing_the_models_moves_cpu_convolutions_off_single_threaded_ynnpack(user_flags, runs_on):
+def test_importing_the_package_moves_cpu_convolutions_off_single_threaded_ynnpack(user_flags, runs_on):
     """Without a user setting, XLA:CPU's convolutions leave YNNPACK (one thread) for Eigen (every
     core); a user's own --xla_cpu_experimental_ynn_fusion_type is left alone."""
     import os

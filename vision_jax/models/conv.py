@@ -5,12 +5,8 @@ bench/train_step.py; README, "Measured train step"):
 
 - XLA hands each convolution to YNNPACK, which runs it on one thread: a 2-core machine leaves a
   core idle during every forward pass and input gradient. XLA's Eigen convolution uses every
-  core. Importing this module therefore adds
-  `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` to `XLA_FLAGS` (convolutions
-  only; YNNPACK keeps the dots, reductions and elementwise work), unless `XLA_FLAGS` already
-  sets that option or the jaxlib has no such flag. It must happen before JAX starts its backend,
-  which the package's imports do; a process that ran JAX code before importing vision_jax keeps
-  YNNPACK convolutions (correct, slower).
+  core, and `import vision_jax` selects it (vision_jax/xla_flags.py: an XLA_FLAGS option, which
+  a user's own setting overrides).
 - A convolution's kernel gradient dW[i, j] = sum x[.. + (i, j)] dy is a convolution whose window
   is as large as the image, which XLA runs well for overlapping windows (3x3, 4x4 stride 2) but
   badly for transposed convolutions (DCGAN's generator: 4-38x slower per layer) and for strided windows
@@ -30,8 +26,6 @@ the batch is split across them, which the chunked kernel gradient would have to 
 from __future__ import annotations
 
 import functools
-import mmap
-import os
 from typing import NamedTuple, Sequence
 
 import jax
@@ -47,30 +41,6 @@ _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), o
 _CHUNK_BYTES = 8 * 2**20
 
 _impl = "auto"
-
-_EIGEN_CONVOLUTIONS_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-
-
-def _jaxlib_knows_flag(name: str) -> bool:
-    """Whether jaxlib's XLA defines the flag `name` (an unknown flag in XLA_FLAGS aborts the process)."""
-    import jaxlib  # noqa: PLC0415 (only to find its library)
-    library = os.path.join(os.path.dirname(jaxlib.__file__), "libjax_common.so")
-    try:
-        with open(library, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return data.find(name.encode()) >= 0
-    except (OSError, ValueError):
-        return False
-
-
-def _prefer_eigen_cpu_convolutions() -> None:
-    """Adds _EIGEN_CONVOLUTIONS_FLAG to XLA_FLAGS unless the user set that option (see the docstring)."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    option = _EIGEN_CONVOLUTIONS_FLAG.split("=")[0]
-    if option not in flags and _jaxlib_knows_flag(option.lstrip("-")):
-        os.environ["XLA_FLAGS"] = f"{flags} {_EIGEN_CONVOLUTIONS_FLAG}".strip()
-
-
-_prefer_eigen_cpu_convolutions()
 
 
 def set_conv_impl(impl: str) -> None:
