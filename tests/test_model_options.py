@@ -172,7 +172,10 @@ def test_fast_cifar_widths_set_the_stem_and_each_group():
     assert model.num_features == 12
     # Each group halves the resolution (16 -> 2 after three); the features are a global max pool.
     assert output_shape(model, "__call__", jnp.zeros((2, 16, 16, 3)), train=False).shape == (2, 12)
-    assert count(traced_equations(model, (2, 16, 16, 3), train=False), "reduce_window_max") == 3
+    # Three 2x2 max pools (layers.max_pool: a max over the two tile axes of a reshape), then the global one.
+    pools = [tuple(eqn.params["axes"]) for eqn in traced_equations(model, (2, 16, 16, 3), train=False)
+             if eqn.primitive.name == "reduce_max"]
+    assert pools == [(2, 4)] * 3 + [(1, 2)], pools
 
 
 # --- resnet --------------------------------------------------------------------------------------
