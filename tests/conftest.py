@@ -21,8 +21,8 @@ def _caches_in_tmp(tmp_path_factory, monkeypatch):
 # CI's two pytest-xdist workers take whole files in collection order (`--dist loadfile`): the files
 # that hold the longest end-to-end tests go first, so that no worker starts one of them while the
 # other is about to finish. Longest first, by their durations on 2 cores; the rest keep their order.
-LONGEST_FILES_FIRST = ("test_teacher_student.py", "test_launch.py", "test_checkpoint_safety.py", "test_sharding.py",
-                       "test_resume.py")
+LONGEST_FILES_FIRST = ("test_teacher_student.py", "test_notebooks.py", "test_launch.py", "test_checkpoint_safety.py",
+                       "test_sharding.py", "test_resume.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -20,10 +20,11 @@ from helpers import TINY_SIMCLR, subprocess_env
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from vision_jax import config as config_lib
-from vision_jax import console, logs, parallel, report, trainer
+from vision_jax import console, evaluate, logs, parallel, report, trainer
 from vision_jax.data.show_views import GAP
 from vision_jax.data.sources import in_memory_source
 from vision_jax.data.views import AUGMENTATIONS
+from vision_jax.errors import MissingDataError
 from vision_jax.evaluators.features import EvalData, Representation
 from vision_jax.evaluators.retrieval import CELL_HEIGHT, retrieval_picture
 
@@ -121,6 +122,27 @@ def test_report_holds_results_curves_and_every_picture(tiny_run, tmp_path):
     for name in files:
         assert base64.b64decode(inlined[name]) == (workdir / "pictures" / name).read_bytes()
     assert f'"total_steps": {STEPS}' in page  # the config
+
+
+def test_restore_gives_the_final_state_whose_features_stay_readable_after_evaluating(tiny_run, tmp_path):
+    """evaluate.restore and Run.eval_data, the notebooks' way into a workdir: the restored state is the
+    final one and scores what the run saved in results.json, and the features the evaluators extracted
+    stay readable from the EvalData passed in (t-SNE, retrieval, confusion matrices reuse them)."""
+    workdir, _ = tiny_run
+    config = config_lib.load_config(str(workdir / "config.json"))
+    run, state = evaluate.restore(config, str(workdir))
+    assert int(state["step"]) == STEPS
+    data = run.eval_data()
+    results, pictures = run.evaluate_and_draw(state, with_baselines=False, data=data)
+    saved = json.loads((workdir / "results.json").read_text())
+    assert results == {"simclr": pytest.approx(saved["simclr"], abs=1e-9)}
+    assert set(pictures) == {"knn_retrieval"}
+    (representation,) = run.representations("simclr", state, with_online_probe=False)
+    features, labels = data.outputs(representation, "features", "test")
+    assert features.shape == (run.eval_sources["test"].num_examples, 32) and labels.shape == features.shape[:1]
+    assert data.outputs(representation, "features", "test")[0] is features  # extracted once, then cached
+    with pytest.raises(MissingDataError, match="No checkpoint in"):
+        evaluate.restore(config, str(tmp_path))
 
 
 def test_report_of_a_folder_that_is_no_workdir_says_what_to_pass(tmp_path):

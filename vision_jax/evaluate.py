@@ -10,6 +10,7 @@ An installed package has the same as a command: `vision-jax-evaluate --config=..
 import functools
 import json
 import os
+from typing import TYPE_CHECKING
 
 import jax
 from absl import app
@@ -18,22 +19,34 @@ from vision_jax import cli
 from vision_jax import config as config_lib
 from vision_jax.errors import ConfigError, MissingDataError
 
+if TYPE_CHECKING:  # the trainer pulls in TensorFlow and flax: imported on use below
+    from vision_jax.trainer import Run
+
+
+def restore(config, workdir: str) -> tuple["Run", dict]:
+    """(the `trainer.Run` that `config` describes, the state of the latest checkpoint in `workdir`),
+    read-only: a training run may be writing this workdir (no lock taken, nothing cleaned up).
+    For notebooks and scripts that look inside a run: its features (`run.eval_data()`), outputs, pictures."""
+    from vision_jax import checkpoint, trainer
+
+    checkpointer = checkpoint.Checkpointer(workdir, every_steps=0, keep=1, read_only=True)
+    try:
+        if checkpointer.latest_step() is None:
+            raise MissingDataError(f"No checkpoint in {checkpointer.directory}: train first with "
+                                   f"python -m vision_jax.train --config=... --workdir={workdir}")
+        run = trainer.Run(config, workdir)
+        return run, run.restore_or_init(checkpointer)
+    finally:
+        checkpointer.close()
+
 
 def evaluate(config, workdir: str) -> dict[str, dict[str, float]]:
-    from vision_jax import checkpoint, trainer
     from vision_jax.evaluators.report import format_table
 
-    # Read-only: a training run may be writing this workdir (no lock taken, nothing cleaned up).
-    checkpointer = checkpoint.Checkpointer(workdir, every_steps=0, keep=1, read_only=True)
-    if checkpointer.latest_step() is None:
-        raise MissingDataError(f"No checkpoint in {checkpointer.directory}: train first with "
-                                f"python -m vision_jax.train --config=... --workdir={workdir}")
     if not config.evaluators:
         raise ConfigError("The config names no evaluators (config.evaluators); add e.g. "
                          "config.evaluators.knn = dict(k=20).")
-    run = trainer.Run(config, workdir)
-    state = run.restore_or_init(checkpointer)
-    checkpointer.close()
+    run, state = restore(config, workdir)
     step = int(state["step"])
     results = run.evaluate(state, with_baselines=True)
     if jax.process_index() == 0:

@@ -233,13 +233,22 @@ class Run:
             rows.append(Representation(f"{name} (online probe)", bind(self._output_fns["online_probe"])))
         return rows
 
+    def eval_data(self) -> EvalData:
+        """The evaluation splits with their preprocessing, as the evaluators read them. Its feature cache
+        is keyed by representation name: use one per state (a later state's features would be stale)."""
+        eval_augment = self.config.data.eval_augment
+        preprocess = AUGMENTATIONS.build(eval_augment.name, options_of(eval_augment))
+        return EvalData(self.eval_sources, preprocess, self.mesh, self.eval_batch_size)
+
     def evaluate(self, state: TrainState, with_baselines: bool) -> dict[str, dict[str, float]]:
         return self.evaluate_and_draw(state, with_baselines)[0]
 
-    def evaluate_and_draw(self, state: TrainState,
-                          with_baselines: bool) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    def evaluate_and_draw(self, state: TrainState, with_baselines: bool, data: EvalData | None = None
+                          ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
         """The results, and this evaluation's pictures: kNN retrieval examples of the method's
-        features (evaluators/retrieval.py) when an evaluator read them, so they are already extracted."""
+        features (evaluators/retrieval.py) when an evaluator read them, so they are already extracted.
+        Pass `data` (a fresh `eval_data()` for this state) to read the extracted features afterwards
+        (`data.outputs(representation, 'features', 'test')`: notebooks/02_inspect_checkpoint.ipynb)."""
         representations = self.representations(self.config.method.name, state, with_online_probe=True)
         if with_baselines and "random_init" in self.config.eval_baselines:
             representations += self.representations("random_init", self.init_state(from_init=False),
@@ -247,10 +256,9 @@ class Run:
         if with_baselines and "raw_pixels" in self.config.eval_baselines:
             representations.append(Representation("raw_pixels",
                                                   {"features": jax.jit(lambda x: x.reshape(x.shape[0], -1))}))
-        # A fresh EvalData per call: its feature cache must never outlive the state it was computed from.
-        eval_augment = self.config.data.eval_augment
-        preprocess = AUGMENTATIONS.build(eval_augment.name, options_of(eval_augment))
-        data = EvalData(self.eval_sources, preprocess, self.mesh, self.eval_batch_size)
+        # A fresh EvalData per call (or the caller's, made for this state): its feature cache must never
+        # outlive the state it was computed from.
+        data = self.eval_data() if data is None else data
         results = evaluate_all(self.evaluators, representations, data, with_references=with_baselines)
         features_read = any(e.output == "features" for e in self.evaluators.values())
         pictures = ({"knn_retrieval": retrieval_picture(representations[0], data)}
