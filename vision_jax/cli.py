@@ -65,15 +65,26 @@ def user_errors_as_messages():
     try:
         yield
     except UserError as error:
-        sys.exit(f"error: {error}")
+        exit_with_message(f"error: {error}")
     except Preempted as stop:
-        print(f"{stop} Resume with:\n  {resume_command()}", file=sys.stderr, flush=True)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        exit_with_message(f"{stop} Resume with:\n  {resume_command()}", PREEMPTED_EXIT_CODE)
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise
-        sys.exit(f"error: writing {error.filename or 'the workdir'} failed: {error.strerror}. Free some space, "
-                 f"then rerun the same command to resume from the last checkpoint.")
+        exit_with_message(f"error: writing {error.filename or 'the workdir'} failed: {error.strerror}. Free some "
+                          f"space, then rerun the same command to resume from the last checkpoint.")
+
+
+def exit_with_message(message: str, code: int = 1) -> None:
+    """Writes the message and its newline to stderr in one write, then exits. sys.exit(message)
+    writes the two separately, and a failing checkpoint writer thread still printing its traceback
+    can land between them, running its output on from the message's line."""
+    sys.stderr.flush()
+    try:
+        os.write(sys.stderr.fileno(), f"{message}\n".encode())
+    except (AttributeError, OSError, ValueError):  # a stderr without a file descriptor (a notebook's)
+        sys.stderr.write(f"{message}\n")
+    sys.exit(code)
 
 
 def resume_command() -> str:

@@ -13,6 +13,7 @@ correct, slower.
 A user's own setting of an option wins: it is left as it is. An option this jaxlib does not
 define is not added, because an unknown flag in XLA_FLAGS aborts the process.
 """
+import importlib.util
 import mmap
 import os
 
@@ -20,8 +21,8 @@ EIGEN_CPU_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=-individual_con
 
 
 def _jaxlib_defines(option: str) -> bool:
-    """Whether jaxlib's XLA library contains the flag name (found in its read-only data)."""
-    import importlib.util  # noqa: PLC0415
+    """Whether jaxlib's XLA library contains the flag name (found in its read-only data); False where
+    that library is not libjax_common.so (a jaxlib laid out otherwise keeps XLA's defaults)."""
     spec = importlib.util.find_spec("jaxlib")
     if spec is None or not spec.submodule_search_locations:
         return False
