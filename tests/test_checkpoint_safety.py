@@ -147,8 +147,14 @@ def test_evaluate_only_reads(run_dir, monkeypatch):
         results = evaluate.evaluate(supervised_config(), str(run_dir))
     assert "supervised" in results
     after = snapshot()
-    assert {p for p in after if p not in before} == {str(run_dir / "eval_results_step3.json")}
+    results_file = run_dir / "eval_results_step3_train_80pct-.json"  # the recipe's held-out train[80%:]
+    assert {p for p in after if p not in before} == {str(results_file)}
     assert {p: after[p] for p in before} == before  # nothing in checkpoints/ (or anywhere) touched
+
+    # Another split gets its own file: the first split's results are kept.
+    other = evaluate.evaluate(supervised_config("data.eval_test_split=train[:100]"), str(run_dir))
+    assert json.loads(results_file.read_text()) == results
+    assert json.loads((run_dir / "eval_results_step3_train_-100.json").read_text()) == other
 
 
 def test_a_disk_without_room_for_the_next_checkpoint_is_one_line_and_the_advised_rerun_works(tmp_path, monkeypatch):

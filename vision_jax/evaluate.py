@@ -5,11 +5,14 @@
     python -m vision_jax.evaluate --config=/tmp/simclr_digits/config.json --workdir=/tmp/simclr_digits \
         --config.data.eval_test_split='train[:100]'
 
+The table is also written to WORKDIR/eval_results_step<N>_<split>.json (one file per step and split).
+
 An installed package has the same as a command: `vision-jax-evaluate --config=... --workdir=...`.
 """
 import functools
 import json
 import os
+import re
 from typing import TYPE_CHECKING
 
 import jax
@@ -51,9 +54,17 @@ def evaluate(config, workdir: str) -> dict[str, dict[str, float]]:
     results = run.evaluate(state, with_baselines=True)
     if jax.process_index() == 0:
         print(format_table(results, run.results_caption(step)), flush=True)
-        with open(os.path.join(workdir, f"eval_results_step{step}.json"), "w") as f:
+        with open(os.path.join(workdir, results_file_name(step, config.data.eval_test_split)), "w") as f:
             json.dump(results, f, indent=2)
     return results
+
+
+def results_file_name(step: int, split: str) -> str:
+    """`eval_results_step<N>_<split>.json`, one file per step and scored split, so that scoring
+    another split keeps the first one's results: `train[45000:]` -> `train_45000-`, `test[:10%]` ->
+    `test_-10pct`."""
+    name = split.replace("[", "_").replace(":", "-").replace("%", "pct").replace("]", "")
+    return f"eval_results_step{step}_{re.sub(r'[^A-Za-z0-9_.+-]', '', name)}.json"
 
 
 def main(overrides: list[str]) -> None:
