@@ -184,15 +184,16 @@ def test_a_write_failing_midway_ends_with_one_line_and_no_half_written_save(tmp_
                f"--workdir={tmp_path}", *overrides]
     failed = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600,
                             preexec_fn=files_up_to_16_kb)
-    assert failed.returncode == 1
+    assert failed.returncode == 1, failed.stderr[-4000:]
     # orbax's writer threads may report the same failure again while the interpreter shuts down,
     # before or after the message; the message runs to the end of its line, ending with its advice.
-    # (a thread's unterminated output can precede it on its line: the message starts at 'error:')
-    last_line = [line[line.index("error:"):] for line in failed.stderr.splitlines() if "error: " in line][-1]
+    # (a thread's unterminated output can precede it on its line: the message starts at 'error: ')
+    start = f"error: Saving a checkpoint in {tmp_path}/checkpoints failed ("
+    messages = [line[line.index(start):] for line in failed.stderr.splitlines() if start in line]
+    assert len(messages) == 1, failed.stderr[-4000:]
     advice = "then rerun the same command to resume from step 3."
-    assert last_line.startswith(f"error: Saving a checkpoint in {tmp_path}/checkpoints failed (") and \
-        "File too large" in last_line and last_line.endswith(advice)
-    assert len(last_line) < 600  # not kilobytes of TensorStore spec
+    assert "File too large" in messages[0] and messages[0].endswith(advice), failed.stderr[-4000:]
+    assert len(messages[0]) < 600  # not kilobytes of TensorStore spec
     assert not glob.glob(f"{tmp_path}/checkpoints/*{ocp.utils.TMP_DIR_SUFFIX}*") and not (tmp_path / "lock").exists()
     assert checkpoint_steps(tmp_path)[-1] == 3
 
