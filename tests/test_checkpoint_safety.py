@@ -184,15 +184,16 @@ def test_a_write_failing_midway_ends_with_one_line_and_no_half_written_save(tmp_
                f"--workdir={tmp_path}", *overrides]
     failed = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600,
                             preexec_fn=files_up_to_16_kb)
-    assert failed.returncode == 1, failed.stderr[-4000:]
+    stderr_tail = failed.stderr[-4000:]  # shown when an assertion fails
+    assert failed.returncode == 1, stderr_tail
     # orbax's writer threads may report the same failure again while the interpreter shuts down,
     # before or after the message; the message runs to the end of its line, ending with its advice.
     # (a thread's unterminated output can precede it on its line: the message starts at 'error: ')
     start = f"error: Saving a checkpoint in {tmp_path}/checkpoints failed ("
     messages = [line[line.index(start):] for line in failed.stderr.splitlines() if start in line]
-    assert len(messages) == 1, failed.stderr[-4000:]
+    assert len(messages) == 1, stderr_tail
     advice = "then rerun the same command to resume from step 3."
-    assert "File too large" in messages[0] and messages[0].endswith(advice), failed.stderr[-4000:]
+    assert "File too large" in messages[0] and messages[0].endswith(advice), stderr_tail
     assert len(messages[0]) < 600  # not kilobytes of TensorStore spec
     assert not glob.glob(f"{tmp_path}/checkpoints/*{ocp.utils.TMP_DIR_SUFFIX}*") and not (tmp_path / "lock").exists()
     assert checkpoint_steps(tmp_path)[-1] == 3
