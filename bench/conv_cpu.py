@@ -1,18 +1,20 @@
-"""Per-layer convolution timing on this machine: XLA's convolution against the 'cpu' impl.
+"""Per-layer convolution timing on this machine: XLA's convolution against the CPU gradients.
 
 For every distinct convolution of the models named (found by tracing the model, so the table
-follows the real architectures), times one layer's forward pass and its forward + backward
-(gradients for the input and the kernel, as in a train step) under `--impls` (default: xla and
-cpu, see vision_jax/models/conv.py), plus XLA's kernel gradient alone, which is where the two
-differ: the forward pass and the input gradient are the same XLA ops in both. Each model's last
-line sums its layers (each shape times the number of layers that have it).
+follows the real architectures), times one layer's forward pass, each gradient alone (kernel
+and input) and its forward + backward (as in a train step, which also needs the input
+gradient) under each backward formulation of vision_jax/models/conv.py: XLA's transposed
+convolutions (the 'xla' impl), the matmul kernel gradient, the phase input gradient (strided
+layers), and what conv_impl=auto chooses for the layer. The forward pass is XLA's convolution
+in all of them. Each model's last line sums its layers (each shape times the number of layers
+that have it).
 
 Protocol: all variants of one shape are compiled first, then run in turn `--reps` times
 (interleaved, so that load from other processes spreads over all of them) and the minimum is
 kept. `--clock=cpu` times process CPU time instead of wall time: with XLA on one thread it is
 far less disturbed by other processes on the machine than wall time, e.g.
 `XLA_FLAGS=--xla_cpu_multi_thread_eigen=false taskset -c 0 python bench/conv_cpu.py --clock=cpu`.
-`--chunk_mib` reruns the cpu impl with other chunk sizes of its kernel gradient, to re-check
+`--chunk_mib` reruns the auto choice with other chunk sizes of the matmul kernel gradient, to re-check
 the choice on another machine or JAX version. The load average is printed before and after.
 
     PYTHONPATH=. python bench/conv_cpu.py
@@ -68,10 +70,22 @@ def model_convs(name: str) -> collections.Counter:
     return layers
 
 
-def compile_layer(layer: Layer, impl: str, chunk_bytes: int, x, kernel, dy) -> dict:
-    """{part: compiled}: the layer's forward, forward + backward and kernel gradient under `impl`."""
-    conv.set_conv_impl(impl)
+# Variants: name -> the gradients taken in the backward pass (None: XLA's convolution throughout,
+# the 'xla' impl; "auto": what conv_impl=auto chooses for the layer).
+VARIANTS = {"xla": None, "dW matmul": conv._Gradients(kernel_by_matmul=True, input_by_phases=False),
+            "dx phases": conv._Gradients(kernel_by_matmul=False, input_by_phases=True), "auto": "auto"}
+
+
+def compile_layer(layer: Layer, gradients, chunk_bytes: int, x, kernel, dy) -> dict:
+    """{part: compiled}: the layer's forward, forward + backward and each gradient alone, with the
+    backward pass taking `gradients` (see VARIANTS)."""
+    conv.set_conv_impl("xla" if gradients is None else "auto")
     default_chunk, conv._CHUNK_BYTES = conv._CHUNK_BYTES, chunk_bytes  # read while tracing, in lower()
+    choices = conv._matmul_kernel_grad_is_faster, conv._phase_input_grad_is_faster
+    if isinstance(gradients, conv._Gradients):  # forced for this layer, where the path applies
+        conv._matmul_kernel_grad_is_faster = lambda *_: gradients.kernel_by_matmul
+        conv._phase_input_grad_is_faster = lambda x_shape, geometry: (
+            gradients.input_by_phases and conv._phases_apply(geometry))
 
     def forward(x, kernel):
         return conv.conv_general_dilated(x, kernel, layer.strides, layer.padding, layer.input_dilation,
@@ -84,17 +98,22 @@ def compile_layer(layer: Layer, impl: str, chunk_bytes: int, x, kernel, dy) -> d
     def kernel_grad(x, kernel, dy):
         return jax.vjp(lambda k: forward(x, k), kernel)[1](dy)
 
+    def input_grad(x, kernel, dy):
+        return jax.vjp(lambda x: forward(x, kernel), x)[1](dy)
+
     try:
-        return {"fwd": (jax.jit(forward).lower(x, kernel).compile(), (x, kernel)),
-                "fwd+bwd": (jax.jit(forward_backward).lower(x, kernel, dy).compile(), (x, kernel, dy)),
-                "dW": (jax.jit(kernel_grad).lower(x, kernel, dy).compile(), (x, kernel, dy))}
+        return {part: (jax.jit(fn).lower(*args).compile(), args)
+                for part, fn, args in (("fwd", forward, (x, kernel)), ("fwd+bwd", forward_backward, (x, kernel, dy)),
+                                       ("dW", kernel_grad, (x, kernel, dy)), ("dx", input_grad, (x, kernel, dy)))}
     finally:
         conv._CHUNK_BYTES = default_chunk
+        conv._matmul_kernel_grad_is_faster, conv._phase_input_grad_is_faster = choices
         conv.set_conv_impl("auto")
 
 
-def time_layer(layer: Layer, variants: dict[str, tuple[str, int]], reps: int, clock) -> dict:
-    """{variant: {part: seconds}} for variants {name: (impl, chunk bytes)}, min over `reps` interleaved runs."""
+def time_layer(layer: Layer, variants: dict[str, tuple], reps: int, clock) -> dict:
+    """{variant: {part: seconds}} for variants {name: (gradients, chunk bytes)}, min over `reps`
+    interleaved runs."""
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], layer.x_shape)
     kernel = 0.1 * jax.random.normal(keys[1], layer.kernel_shape)
@@ -102,8 +121,8 @@ def time_layer(layer: Layer, variants: dict[str, tuple[str, int]], reps: int, cl
         x, k, layer.strides, layer.padding, layer.input_dilation, layer.dilation,
         dimension_numbers=("NHWC", "HWIO", "NHWC")), x, kernel).shape
     dy = jax.random.normal(keys[2], y_shape)
-    runs = {(variant, part): run for variant, (impl, chunk) in variants.items()
-            for part, run in compile_layer(layer, impl, chunk, x, kernel, dy).items()}
+    runs = {(variant, part): run for variant, (gradients, chunk) in variants.items()
+            for part, run in compile_layer(layer, gradients, chunk, x, kernel, dy).items()}
     best = {key: float("inf") for key in runs}
     for _ in range(reps + 1):  # the first round warms up
         for key, (compiled, args) in runs.items():
@@ -144,24 +163,26 @@ def main():
     for name in names:
         layers = model_convs(name)
         print(f"\n{name}: {sum(layers.values())} conv layers, {len(layers)} distinct")
-        header = f"{'layer':<34}{'count':>6}{'fwd':>8}{'dW xla':>9}{'dW cpu':>9}{'fwd+bwd xla':>13}{'fwd+bwd cpu':>13}{'speed-up':>10}"
-        extra = "".join(f"{f'cpu {c:g}MiB':>13}" for c in chunk_sizes)
-        print(header + extra)
+        columns = [("fwd", "xla", "fwd"), ("dW xla", "xla", "dW"), ("dW matmul", "dW matmul", "dW"),
+                   ("dx xla", "xla", "dx"), ("dx phases", "dx phases", "dx"),
+                   ("fwd+bwd xla", "xla", "fwd+bwd"), ("fwd+bwd auto", "auto", "fwd+bwd")]
+        columns += [(f"auto {c:g}MiB", f"auto {c:g}MiB", "fwd+bwd") for c in chunk_sizes]
+        print(f"{'layer':<34}{'count':>6}" + "".join(f"{title:>{len(title) + 2}}" for title, _, _ in columns)
+              + f"{'speed-up':>10}")
         totals = collections.Counter()
         for layer, count in layers.items():
-            variants = {"xla": ("xla", conv._CHUNK_BYTES), "cpu": ("cpu", conv._CHUNK_BYTES)}
-            variants.update({f"cpu {c:g}MiB": ("cpu", int(c * 2**20)) for c in chunk_sizes})
+            variants = {variant: (gradients, conv._CHUNK_BYTES) for variant, gradients in VARIANTS.items()}
+            variants.update({f"auto {c:g}MiB": ("auto", int(c * 2**20)) for c in chunk_sizes})
             t = time_layer(layer, variants, args.reps, clock)
-            row = t["xla"], t["cpu"]
             for variant in t:
                 totals[variant] += count * t[variant]["fwd+bwd"]
-            print(f"{describe(layer):<34}{count:>6}{row[0]['fwd'] * 1e3:>8.1f}{row[0]['dW'] * 1e3:>9.1f}"
-                  f"{row[1]['dW'] * 1e3:>9.1f}{row[0]['fwd+bwd'] * 1e3:>13.1f}{row[1]['fwd+bwd'] * 1e3:>13.1f}"
-                  f"{row[0]['fwd+bwd'] / row[1]['fwd+bwd']:>9.2f}x"
-                  + "".join(f"{t[f'cpu {c:g}MiB']['fwd+bwd'] * 1e3:>13.1f}" for c in chunk_sizes), flush=True)
-        print(f"{'all layers (sum of count x time)':<34}{'':>6}{'':>8}{'':>9}{'':>9}{totals['xla'] * 1e3:>13.1f}"
-              f"{totals['cpu'] * 1e3:>13.1f}{totals['xla'] / totals['cpu']:>9.2f}x"
-              + "".join(f"{totals[f'cpu {c:g}MiB'] * 1e3:>13.1f}" for c in chunk_sizes), flush=True)
+            print(f"{describe(layer):<34}{count:>6}"
+                  + "".join(f"{t[variant][part] * 1e3:>{len(title) + 2}.1f}" for title, variant, part in columns)
+                  + f"{t['xla']['fwd+bwd'] / t['auto']['fwd+bwd']:>9.2f}x", flush=True)
+        sums = [(title, totals[variant]) for title, variant, part in columns if part == "fwd+bwd"]
+        print(f"{'all layers (sum of count x fwd+bwd)':<40}"
+              + "".join(f"  {title} {seconds * 1e3:.1f}" for title, seconds in sums)
+              + f"  speed-up {totals['xla'] / totals['auto']:.2f}x", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f}")
 
 

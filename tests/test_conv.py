@@ -93,8 +93,9 @@ def test_kernel_gradient_summed_over_several_chunks(impl, monkeypatch):
     assert_close(dk, dk_ref, 1e-5)
 
 
-def test_bfloat16_matches_float32_reference_to_bfloat16_precision(impl):
-    x_shape, kernel_shape, strides, padding, dilation = CASES["3x3 s1 (ResNet, CNN)"]
+@pytest.mark.parametrize("case", ["3x3 s1 (ResNet, CNN)", "3x3 s2 (ResNet, CNN)"])
+def test_bfloat16_matches_float32_reference_to_bfloat16_precision(impl, case):
+    x_shape, kernel_shape, strides, padding, dilation = CASES[case]
     x, kernel = randn(x_shape, 0, jnp.bfloat16), randn(kernel_shape, 1, jnp.bfloat16)
     # The reference sees the same bfloat16 values, computed in float32.
     y_ref, (dx_ref, dk_ref) = value_and_grads(jax.lax.conv_general_dilated, x.astype(jnp.float32),
@@ -218,6 +219,46 @@ def test_auto_takes_the_matmul_kernel_gradient_only_where_it_is_faster(impl, cas
     hlo = kernel_grad_hlo_of("auto", case)
     assert ("convolution" not in hlo and "dot_general" in hlo) == matmul, hlo[:2000]
     assert "convolution" not in kernel_grad_hlo_of("cpu", case)  # 'cpu' forces the matmul everywhere
+
+
+def input_grad_hlo(impl_name: str, x_shape, kernel_shape, strides, padding) -> str:
+    """StableHLO of the input gradient of one convolution (traced on shapes, never run)."""
+    conv.set_conv_impl(impl_name)
+    kernel = randn(kernel_shape, 1)
+    forward = lambda x: conv.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
+    x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+    dy = jax.ShapeDtypeStruct(jax.eval_shape(forward, x).shape, jnp.float32)
+    return jax.jit(lambda x, dy: jax.vjp(forward, x)[1](dy)).lower(x, dy).as_text()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if CASES[c][2] != (1, 1) and len(CASES[c]) == 5
+                                  and CASES[c][4] == (1, 1)])
+def test_strided_input_gradient_multiplies_no_inserted_zeros_under_cpu(impl, case):
+    """XLA's input gradient of a strided convolution dilates dy by the stride (lhs_dilate); the
+    phase input gradient is stride-1 convolutions only (its values: test_cpu_impl_equals_xla_reference)."""
+    x_shape, kernel_shape, strides, padding, _ = CASES[case]
+    dilated = f"lhs_dilate = [{strides[0]}, {strides[1]}]"
+    assert dilated in input_grad_hlo("xla", x_shape, kernel_shape, strides, padding)
+    phases = input_grad_hlo("cpu", x_shape, kernel_shape, strides, padding)
+    assert "convolution" in phases and "lhs_dilate = [1, 1]" in phases and dilated not in phases
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape, phases", [
+    ((128, 32, 32, 32), (3, 3, 32, 64), True),  # the small CNN's second layer
+    ((128, 16, 16, 128), (3, 3, 128, 256), True),  # ResNet-18
+    ((128, 32, 32, 64), (1, 1, 64, 128), True),  # ResNet-18's shortcut
+    ((128, 32, 32, 64), (4, 4, 64, 128), True),  # DCGAN's discriminator
+    ((128, 8, 8, 128), (3, 3, 128, 256), False),  # small: XLA's is ahead
+    ((128, 64, 64, 3), (4, 4, 3, 64), False),  # 3 channels: too thin
+])
+def test_auto_takes_the_phase_input_gradient_only_where_it_is_faster(impl, x_shape, kernel_shape, phases):
+    """On one CPU device 'auto' splits stride-2 layers on inputs of at least 16x16x16 into phases
+    (bench/conv_cpu.py measured where each is faster)."""
+    padding = ((1, 1), (1, 1)) if kernel_shape[0] > 1 else "VALID"
+    hlo = input_grad_hlo("auto", x_shape, kernel_shape, (2, 2), padding)
+    assert ("lhs_dilate = [2, 2]" not in hlo) == phases
+    phase_count = 4 if kernel_shape[0] > 1 else 1  # 2x2 phases; a 1x1 kernel has taps in one
+    assert hlo.count("stablehlo.convolution") == (phase_count if phases else 1)
 
 
 def test_max_pool_equals_flax_max_pool_in_value_and_gradient():

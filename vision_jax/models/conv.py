@@ -1,6 +1,6 @@
-"""The models' 2-D convolution: XLA's, or on CPU the same convolution with a faster kernel gradient.
+"""The models' 2-D convolution: XLA's, or on CPU the same convolution with faster gradients.
 
-Two things make XLA:CPU's convolutions slow (jax 0.10.2, measured with bench/conv_cpu.py and
+Three things make XLA:CPU's convolutions slow (jax 0.10.2, measured with bench/conv_cpu.py and
 bench/train_step.py; README, "Measured train step"):
 
 - XLA hands each convolution to YNNPACK, which runs it on one thread: a 2-core machine leaves a
@@ -10,18 +10,24 @@ bench/train_step.py; README, "Measured train step"):
 - A convolution's kernel gradient dW[i, j] = sum x[.. + (i, j)] dy is a convolution whose window
   is as large as the image, which XLA runs well for overlapping windows (3x3, 4x4 stride 2) but
   badly for transposed convolutions (DCGAN's generator: 4-38x slower per layer) and for strided windows
-  that do not overlap (1x1 stride 2 shortcuts, patch embeddings: 1.0-1.5x). The 'cpu' kernel
+  that do not overlap (1x1 stride 2 shortcuts, patch embeddings: 1.0-1.5x). The matmul kernel
   gradient is one matmul per chunk of a few images, dW = im2col(x)^T dy, with the chunk's im2col
   built transposed ([kh * kw * C_in, pixels], the operand order XLA hands to its matmul) and
   small enough to stay in cache: a whole-batch im2col is 9x the activation, and the copy alone
   costs more than the matmul on a 2-core machine.
+- The input gradient of a strided convolution is a convolution of dy dilated by the stride, and
+  XLA:CPU multiplies the inserted zeros too. The phase input gradient splits the strided
+  convolution into one stride-1 convolution per phase of the stride (_phase_conv) and transposes
+  that: no zeros, the same sums.
 
 `impl` ('auto' | 'xla' | 'cpu') is chosen with `set_conv_impl` and read when a function is traced
 (so set it before jitting). 'xla' is XLA's convolution everywhere; 'cpu' takes the matmul kernel
-gradient for every convolution it covers; 'auto' takes it on a single CPU device for the layers
-where it is the faster one (transposed convolutions, and strided windows that do not overlap),
-and is XLA's convolution everywhere else: GPU/TPU keep cuDNN's/XLA's, and with several devices
-the batch is split across them, which the chunked kernel gradient would have to gather.
+gradient and (strided layers) the phase input gradient for every convolution it covers; 'auto'
+takes each on a single CPU device for the layers where it is the faster one
+(_matmul_kernel_grad_is_faster, _phase_input_grad_is_faster), and is XLA's convolution everywhere
+else: GPU/TPU keep cuDNN's/XLA's, and with several devices the batch is split across them, which
+the chunked kernel gradient would have to gather. The forward pass is XLA's convolution in every
+case, so outputs are bitwise the same; the gradients agree to float32 rounding.
 """
 from __future__ import annotations
 
@@ -65,12 +71,13 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          rhs_dilation: Sequence[int] | None = None, dimension_numbers=None,
                          feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
                          preferred_element_type=None, out_sharding=None) -> jax.Array:
-    """`jax.lax.conv_general_dilated`, with the 'cpu' kernel gradient where it applies.
+    """`jax.lax.conv_general_dilated`, with the CPU gradients where they apply.
 
-    The 'cpu' path covers 2-D NHWC/HWIO convolutions without feature groups, strided or
-    transposed (input dilation, as `nnx.Conv(input_dilation=s)` for a transposed convolution),
-    with kernel dilation only when the input is not dilated: every conv of the models here.
-    Anything else runs XLA's convolution under either impl.
+    The matmul kernel gradient covers 2-D NHWC/HWIO convolutions without feature groups, strided
+    or transposed (input dilation, as `nnx.Conv(input_dilation=s)` for a transposed convolution),
+    with kernel dilation only when the input is not dilated: every conv of the models here. The
+    phase input gradient covers the strided ones without dilation. Anything else runs XLA's
+    convolution under every impl.
     """
     xla = functools.partial(lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation,
                             rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
@@ -86,9 +93,14 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         dilated_window = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dilation)]
         padding = lax.padtype_to_pads(lhs.shape[1:3], dilated_window, strides, padding)
     geometry = _Geometry(strides, tuple(map(tuple, padding)), lhs_dilation, rhs_dilation)
-    if _impl == "auto" and not _matmul_kernel_grad_is_faster(rhs.shape[:2], geometry):
+    if _impl == "auto":
+        gradients = _Gradients(kernel_by_matmul=_matmul_kernel_grad_is_faster(rhs.shape[:2], geometry),
+                               input_by_phases=_phase_input_grad_is_faster(lhs.shape, geometry))
+    else:
+        gradients = _Gradients(kernel_by_matmul=True, input_by_phases=_phases_apply(geometry))
+    if gradients == _Gradients(False, False):
         return xla()
-    return _conv(lhs, rhs, geometry, precision)
+    return _conv(lhs, rhs, geometry, precision, gradients)
 
 
 class _Geometry(NamedTuple):
@@ -96,6 +108,12 @@ class _Geometry(NamedTuple):
     padding: tuple[tuple[int, int], tuple[int, int]]
     lhs_dilation: tuple[int, int]
     rhs_dilation: tuple[int, int]
+
+
+class _Gradients(NamedTuple):
+    """How the backward pass computes each gradient; XLA's transposed convolution where False."""
+    kernel_by_matmul: bool  # dW = im2col(x)^T dy, in chunks (_kernel_grad)
+    input_by_phases: bool  # dx through the stride-1 phase convolutions (_phase_conv)
 
 
 def _matmul_kernel_grad_is_faster(window: tuple[int, int], geometry: _Geometry) -> bool:
@@ -108,25 +126,79 @@ def _matmul_kernel_grad_is_faster(window: tuple[int, int], geometry: _Geometry) 
     return all(s > 1 and (k - 1) * d + 1 <= s for k, s, d in zip(window, geometry.strides, geometry.rhs_dilation))
 
 
+def _phases_apply(geometry: _Geometry) -> bool:
+    """Whether _phase_conv can compute the convolution: strided, neither input nor kernel dilated."""
+    return (geometry.strides != (1, 1) and geometry.lhs_dilation == (1, 1)
+            and geometry.rhs_dilation == (1, 1))
+
+
+def _phase_input_grad_is_faster(x_shape, geometry: _Geometry) -> bool:
+    """Where bench/conv_cpu.py measured the phase input gradient ahead of XLA's (with Eigen's
+    convolutions): strided layers on inputs of at least 16x16 pixels and 16 channels, where XLA's
+    costs 1.8-4.2x the layer's forward pass and the phases 1.2-1.4x (e.g. the small CNN's
+    32x32x32->64 3x3/2: 29 ms against 9.5 at batch 128). On smaller inputs the two are level or
+    XLA's is ahead (8x8x128->256: 6.4 ms against 8.4), and on 3-channel images (stems, which
+    need no input gradient in training) the phases' convolutions are too thin to pay."""
+    _, h, w, cin = x_shape
+    return _phases_apply(geometry) and h >= 16 and w >= 16 and cin >= 16
+
+
+def _phase_conv(x, kernel, geometry: _Geometry, precision):
+    """The strided convolution as a sum of stride-1 convolutions, one per phase of the stride.
+
+    With x padded, y[p] = sum_t x[s p + t] W[t]; writing each tap as t = s m + r (0 <= r < s),
+    y[p] = sum_r sum_m x_r[p + m] W[s m + r] with x_r[v] = x[s v + r]: a VALID stride-1
+    convolution of each phase of x with the taps of that phase. The forward pass is the same sum
+    in another order; what differs is its transpose, the input gradient, which this form gets
+    from stride-1 transposed convolutions and interleaving, where XLA:CPU's transpose of a strided
+    convolution dilates dy by the stride and multiplies the zeros too (s^2 times the work).
+    """
+    (sh, sw), ((lo_h, _), (lo_w, _)) = geometry.strides, geometry.padding
+    kh, kw = kernel.shape[:2]
+    n, h, w, _ = x.shape
+    ho, wo = _output_size(h, kh, sh, geometry.padding[0]), _output_size(w, kw, sw, geometry.padding[1])
+    # Padded (or cropped: rows past the last window are never read) to s times the rows of phase 0.
+    rows, cols = sh * (ho + (kh - 1) // sh), sw * (wo + (kw - 1) // sw)
+    padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, rows - h - lo_h, 0),
+                                                  (lo_w, cols - w - lo_w, 0), (0, 0, 0)))
+    total = None
+    for rh in range(min(sh, kh)):
+        for rw in range(min(sw, kw)):
+            phase = lax.conv_general_dilated(padded[:, rh::sh, rw::sw], kernel[rh::sh, rw::sw], (1, 1), "VALID",
+                                             dimension_numbers=_NHWC, precision=precision)[:, :ho, :wo]
+            total = phase if total is None else total + phase
+    return total
+
+
+def _output_size(size: int, window: int, stride: int, padding: tuple[int, int]) -> int:
+    return (size + sum(padding) - window) // stride + 1
+
+
 def _xla_conv(x, kernel, geometry: _Geometry, precision):
     return lax.conv_general_dilated(x, kernel, geometry.strides, geometry.padding, geometry.lhs_dilation,
                                     geometry.rhs_dilation, _NHWC, precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x, kernel, geometry, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, kernel, geometry, precision, gradients):
     return _xla_conv(x, kernel, geometry, precision)
 
 
-def _conv_fwd(x, kernel, geometry, precision):
+def _conv_fwd(x, kernel, geometry, precision, gradients):
     return _xla_conv(x, kernel, geometry, precision), (x, kernel)
 
 
-def _conv_bwd(geometry, precision, residuals, dy):
+def _conv_bwd(geometry, precision, gradients, residuals, dy):
     x, kernel = residuals
-    conv_of_x = functools.partial(_xla_conv, kernel=kernel, geometry=geometry, precision=precision)
-    (dx,) = jax.linear_transpose(conv_of_x, jax.ShapeDtypeStruct(x.shape, x.dtype))(dy)
-    return dx, _kernel_grad(x, dy, kernel.shape, geometry).astype(kernel.dtype)
+    conv_of_x = _phase_conv if gradients.input_by_phases else _xla_conv
+    (dx,) = jax.linear_transpose(functools.partial(conv_of_x, kernel=kernel, geometry=geometry, precision=precision),
+                                 jax.ShapeDtypeStruct(x.shape, x.dtype))(dy)
+    if gradients.kernel_by_matmul:
+        dkernel = _kernel_grad(x, dy, kernel.shape, geometry).astype(kernel.dtype)
+    else:
+        (dkernel,) = jax.linear_transpose(functools.partial(_xla_conv, x, geometry=geometry, precision=precision),
+                                          jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))(dy)
+    return dx, dkernel
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
