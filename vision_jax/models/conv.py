@@ -155,7 +155,7 @@ def _phase_conv(x, kernel, geometry: _Geometry, precision):
     """
     (sh, sw), ((lo_h, _), (lo_w, _)) = geometry.strides, geometry.padding
     kh, kw = kernel.shape[:2]
-    n, h, w, _ = x.shape
+    _, h, w, _ = x.shape
     ho, wo = _output_size(h, kh, sh, geometry.padding[0]), _output_size(w, kw, sw, geometry.padding[1])
     # Padded (or cropped: rows past the last window are never read) to s times the rows of phase 0.
     rows, cols = sh * (ho + (kh - 1) // sh), sw * (wo + (kw - 1) // sw)
