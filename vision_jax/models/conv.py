@@ -135,10 +135,11 @@ def _phases_apply(geometry: _Geometry) -> bool:
 def _phase_input_grad_is_faster(x_shape, geometry: _Geometry) -> bool:
     """Where bench/conv_cpu.py measured the phase input gradient ahead of XLA's (with Eigen's
     convolutions): strided layers on inputs of at least 16x16 pixels and 16 channels, where XLA's
-    costs 1.8-4.2x the layer's forward pass and the phases 1.2-1.4x (e.g. the small CNN's
-    32x32x32->64 3x3/2: 29 ms against 9.5 at batch 128). On smaller inputs the two are level or
-    XLA's is ahead (8x8x128->256: 6.4 ms against 8.4), and on 3-channel images (stems, which
-    need no input gradient in training) the phases' convolutions are too thin to pay."""
+    costs 1.5-4.2x the layer's forward pass and the phases 1.1-2.0x (e.g. the small CNN's
+    32x32x32->64 3x3/2: 29 ms against 9.5 at batch 128). The rule's one measured loss is the
+    small CNN's 16x16x64->128 (7.7 ms against 8.7). On smaller inputs the two are level or XLA's
+    is ahead (8x8x128->256: 6.4 ms against 8.4), and on 3-channel images (stems, which need no
+    input gradient in training) the phases' convolutions are too thin to pay."""
     _, h, w, cin = x_shape
     return _phases_apply(geometry) and h >= 16 and w >= 16 and cin >= 16
 
