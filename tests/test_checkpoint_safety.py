@@ -171,6 +171,24 @@ def test_a_disk_without_room_for_the_next_checkpoint_is_one_line_and_the_advised
     assert checkpoint_steps(tmp_path)[-1] == 6
 
 
+def test_the_short_cause_is_the_operating_system_error_even_when_the_chain_ends_elsewhere():
+    try:
+        try:
+            try:
+                raise StopIteration(0)  # handled inside the writer, left as the deepest context
+            except StopIteration:
+                raise ValueError('OUT_OF_RANGE: Error writing "k/0" in OCDBT database at local file "'
+                                 + "/tmp/x" * 20 + '": Failed to write 96414 bytes to file 19: File too large '
+                                 "[os_error_code='27']") from None
+        except ValueError as write_error:
+            raise RuntimeError("Error saving the checkpoint.") from write_error
+    except RuntimeError as error:
+        short = checkpoint._short(error)
+    assert short == ('ValueError: OUT_OF_RANGE: Error writing "k/0" in OCDBT database at local file "...": '
+                     "Failed to write 96414 bytes to file 19: File too large [os_error_code='27']")
+    assert checkpoint._short(RuntimeError("wrapped")) == "RuntimeError: wrapped"
+
+
 @pytest.mark.slow
 def test_a_write_failing_midway_ends_with_one_line_and_no_half_written_save(tmp_path):
     overrides = [f"--config.{o}" for o in SMALL] + ["--config.checkpoint.use_async=false"]
@@ -193,7 +211,7 @@ def test_a_write_failing_midway_ends_with_one_line_and_no_half_written_save(tmp_
     messages = [line[line.index(start):] for line in failed.stderr.splitlines() if start in line]
     assert len(messages) == 1, stderr_tail
     advice = "then rerun the same command to resume from step 3."
-    assert "File too large" in messages[0] and messages[0].endswith(advice), stderr_tail
+    assert "File too large" in messages[0] and messages[0].endswith(advice), messages[0]
     assert len(messages[0]) < 600  # not kilobytes of TensorStore spec
     assert not glob.glob(f"{tmp_path}/checkpoints/*{ocp.utils.TMP_DIR_SUFFIX}*") and not (tmp_path / "lock").exists()
     assert checkpoint_steps(tmp_path)[-1] == 3

@@ -214,10 +214,22 @@ def _all_processes_agree(ok: bool) -> bool:
 
 
 def _short(error: BaseException) -> str:
-    """The root cause in one short line: orbax wraps TensorStore errors that carry kilobytes of spec."""
-    while (error.__cause__ or error.__context__) is not None:
-        error = error.__cause__ or error.__context__
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    """The root cause in one short line: orbax wraps TensorStore errors that carry kilobytes of spec.
+
+    An operating-system error anywhere in the chain is the cause the user can act on ("File too large",
+    "No space left on device"). Orbax's writer threads fail together, and the error that reaches us can
+    end its chain in an exception orbax handled on the way, so the deepest error is not always it."""
+    chain = [error]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 50:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    os_level = [(e, line) for e in chain for line in str(e).splitlines()
+                if isinstance(e, OSError) or "os_error_code" in line or "[Errno" in line]
+    if os_level:
+        error, text = os_level[-1]
+        text = text.strip()
+    else:
+        error = chain[-1]
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     text = text.split(" See full TensorStore details")[0]
     text = re.sub(r'"[^"]{60,}"', '"..."', text)  # long quoted paths and specs
     if len(text) > 300:
