@@ -13,7 +13,7 @@ Protocol, as the peer's: 2 warm-up steps, then the median of 5 timed steps, each
 (jax.block_until_ready). Compile time (lower + compile, before any step) is printed too, and the
 load average before and after each model: other work on the machine slows both sides, the JAX
 step more (see README), so compare the ratio within a run. `--rounds=N` repeats JAX then
-PyTorch N times per model.
+PyTorch N times per model and prints the medians over the rounds.
 
     PYTHONPATH=. python bench/train_step.py
     PYTHONPATH=. python bench/train_step.py --models=resnet18 --rounds=2
@@ -151,6 +151,14 @@ def main():
         ratio = f"{j['ips'] / t['ips']:.2f}x" if t else "-"
         print(f"{model:<10}{batch:>6}{j['ips']:>11.1f}{torch_ips:>13}{ratio:>11}{j['compile_s']:>11.1f}"
               f"{f'{load_before:.1f}-{load_after:.1f}':>12}")
+    if args.rounds > 1:  # one round's figure moves by up to 40% on a shared machine; its median less
+        print("\nmedian over rounds (the ratio: median of the per-round ratios)")
+        for model in models:
+            rounds = [(j, t) for m, _, j, t, _, _ in rows if m == model and t]
+            if rounds:
+                print(f"{model:<10} jax {np.median([j['ips'] for j, _ in rounds]):.1f}  "
+                      f"torch {np.median([t['ips'] for _, t in rounds]):.1f}  "
+                      f"ratio {np.median([j['ips'] / t['ips'] for j, t in rounds]):.2f}x  ({len(rounds)} rounds)")
 
 
 if __name__ == "__main__":

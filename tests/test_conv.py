@@ -281,14 +281,18 @@ import jax, jax.numpy as jnp
 import vision_jax  # sets XLA_FLAGS before the backend starts (vision_jax/xla_flags.py)
 x, k = jnp.ones((8, 32, 32, 32)), jnp.ones((3, 3, 32, 32))  # large enough for XLA to hand to YNNPACK
 conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-print("ynn" if "__ynn_fusion" in jax.jit(conv).lower(x, k).compile().as_text() else "eigen")
+dot = lambda a, b: a @ b
+print(*["ynn" if "__ynn_fusion" in jax.jit(f).lower(*args).compile().as_text() else "eigen"
+        for f, args in ((conv, (x, k)), (dot, (jnp.ones((256, 512)), jnp.ones((512, 256)))))])
 """
 
 
-@pytest.mark.parametrize("user_flags, runs_on", [(None, "eigen"), ("+individual_convolution", "ynn")])
-def test_importing_the_package_moves_cpu_convolutions_off_single_threaded_ynnpack(user_flags, runs_on):
+@pytest.mark.parametrize("user_flags, runs_on", [(None, ["eigen", "eigen"]),
+                                                 ("+individual_convolution", ["ynn", "ynn"])])
+def test_importing_the_package_moves_cpu_convolutions_and_dots_off_ynnpack(user_flags, runs_on):
     """Without a user setting, XLA:CPU's convolutions leave YNNPACK (one thread) for Eigen (every
-    core); a user's own --xla_cpu_experimental_ynn_fusion_type is left alone."""
+    core), and so do its dots; a user's own --xla_cpu_experimental_ynn_fusion_type is left alone
+    (XLA's default set, which '+' adds to, hands both to YNNPACK)."""
     import os
     import subprocess
     import sys
@@ -296,4 +300,4 @@ def test_importing_the_package_moves_cpu_convolutions_off_single_threaded_ynnpac
     if user_flags:
         env["XLA_FLAGS"] = f"--xla_cpu_experimental_ynn_fusion_type={user_flags}"
     out = subprocess.run([sys.executable, "-c", COMPILED_CONV], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split()[-1] == runs_on, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == runs_on, out.stderr[-2000:]
