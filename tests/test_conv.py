@@ -210,12 +210,13 @@ def kernel_grad_hlo_of(impl_name: str, case: str) -> str:
 
 
 @pytest.mark.parametrize("case, matmul", [
-    ("3x3 s1 (ResNet, CNN)", False), ("3x3 s2 (ResNet, CNN)", False), ("1x1 s1 (ResNet-50)", False),
+    ("3x3 s1 (ResNet, CNN)", False), ("3x3 s2 (ResNet, CNN)", False), ("1x1 s1 (ResNet-50)", True),
     ("4x4 s2 p1 (DCGAN discriminator)", False), ("1x1 s2 (ResNet shortcut)", True),
     ("4x4 s4 VALID (ViT patches)", True), ("transposed 4x4 s2 (DCGAN generator)", True)])
 def test_auto_takes_the_matmul_kernel_gradient_only_where_it_is_faster(impl, case, matmul):
     """On one CPU device 'auto' keeps XLA's kernel gradient for overlapping windows and takes the
-    matmul for transposed convolutions and non-overlapping strided windows (bench/conv_cpu.py)."""
+    matmul for pointwise and transposed convolutions and non-overlapping strided windows
+    (bench/conv_cpu.py, bench/train_step.py)."""
     hlo = kernel_grad_hlo_of("auto", case)
     assert ("convolution" not in hlo and "dot_general" in hlo) == matmul, hlo[:2000]
     assert "convolution" not in kernel_grad_hlo_of("cpu", case)  # 'cpu' forces the matmul everywhere

@@ -4,6 +4,7 @@ Kept cheap for 2-core CI: big models only through nnx.eval_shape; tiny models bu
 shared (initialization compiles one random kernel per parameter shape), forwards jitted.
 """
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from vision_jax.errors import ConfigError
 from vision_jax.models import MODELS
 from vision_jax.models.flops import model_flops
 from vision_jax.models.vit import (
+    Dense,
     EncoderBlock,
     MAEDecoder,
     ParamKeys,
@@ -163,6 +165,43 @@ def test_attention_equals_naive_softmax_reference():
         return attn(x), attn.out(reference)
 
     np.testing.assert_allclose(*both(attn, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("in_shape, out_shape", [((12,), (3, 4)), ((3, 4), (12,)), ((12,), (20,))])
+def test_dense_and_its_gradients_equal_a_float64_contraction(in_shape, out_shape):
+    dense = Dense(in_shape, out_shape, (None,) * (len(in_shape) + len(out_shape)), dtype=jnp.float32,
+                  param_dtype=jnp.float32, keys=ParamKeys(jax.random.key(0)))
+    dense.bias[...] = normal(out_shape, 2)
+    x, dy = normal((2, 5, *in_shape), 3), normal((2, 5, *out_shape), 4)
+    kernel, bias = (np.asarray(v[...], np.float64) for v in (dense.kernel, dense.bias))
+
+    def loss(dense, x):
+        return jnp.sum(dense(x) * dy)
+
+    y = nnx.jit(lambda dense, x: dense(x))(dense, x)
+    grads, dx = nnx.jit(nnx.grad(loss, argnums=(0, 1)))(dense, x)
+    # y[b, n, o] = sum_i x[b, n, i] W[i, o] + b[o] over the flattened in/out dims, in float64.
+    x2, w2 = np.asarray(x, np.float64).reshape(10, -1), kernel.reshape(int(np.prod(in_shape)), -1)
+    dy2 = np.asarray(dy, np.float64).reshape(10, -1)
+    np.testing.assert_allclose(y, (x2 @ w2).reshape(2, 5, *out_shape) + bias, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, (dy2 @ w2.T).reshape(x.shape), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads.kernel[...], (x2.T @ dy2).reshape(kernel.shape), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads.bias[...], dy2.sum(0).reshape(out_shape), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks XLA:CPU's compiled kernel gradient")
+def test_dense_kernel_gradient_reads_the_activations_without_copying_them_on_cpu():
+    """XLA:CPU's matmul takes 2-D operands contracted over their rows as they lie; a contraction
+    over [B, N] (a tensordot of the 3-D activation) copies one of them transposed first."""
+    dense = Dense((64,), (96,), (None, None), dtype=jnp.float32, param_dtype=jnp.float32,
+                  keys=ParamKeys(jax.random.key(0)))
+    graphdef, params = nnx.split(dense)
+    kernel_grad = jax.jit(jax.grad(lambda params, x, dy: jnp.sum(nnx.merge(graphdef, params)(x) * dy)))
+    hlo = kernel_grad.lower(params, jnp.ones((8, 16, 64)), jnp.ones((8, 16, 96))).compile().as_text()
+    entry = hlo[hlo.index("ENTRY"):]
+    assert " dot(" in entry
+    copies = [line.strip()[:120] for line in entry.splitlines() if re.search(r"%\S*(copy|transpose)\S* = ", line)]
+    assert not copies, copies
 
 
 def test_auto_attention_uses_cudnn_only_for_half_precision_on_gpu():

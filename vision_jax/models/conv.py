@@ -14,7 +14,9 @@ bench/train_step.py; README, "Measured train step"):
   gradient is one matmul per chunk of a few images, dW = im2col(x)^T dy, with the chunk's im2col
   built transposed ([kh * kw * C_in, pixels], the operand order XLA hands to its matmul) and
   small enough to stay in cache: a whole-batch im2col is 9x the activation, and the copy alone
-  costs more than the matmul on a 2-core machine.
+  costs more than the matmul on a 2-core machine. A pointwise (1x1 stride 1) layer needs no
+  im2col: its kernel gradient is one matmul contracting x and dy over their rows, which XLA:CPU
+  reads without a copy, where its own kernel gradient transposes x to batch-last first.
 - The input gradient of a strided convolution is a convolution of dy dilated by the stride, and
   XLA:CPU multiplies the inserted zeros too. The phase input gradient splits the strided
   convolution into one stride-1 convolution per phase of the stride (_phase_conv) and transposes
@@ -119,11 +121,17 @@ class _Gradients(NamedTuple):
 def _matmul_kernel_grad_is_faster(window: tuple[int, int], geometry: _Geometry) -> bool:
     """Where bench/conv_cpu.py measured the matmul kernel gradient ahead of XLA's (with Eigen's
     convolutions): transposed convolutions, and strided windows that do not overlap (kernel <=
-    stride). XLA's is ahead on overlapping windows (3x3 and 4x4 at stride 1 or 2: 0.75-0.9x) and
-    level on 1x1 stride 1."""
-    if geometry.lhs_dilation != (1, 1):
+    stride). XLA's is ahead on overlapping windows (3x3 and 4x4 at stride 1 or 2: 0.75-0.9x).
+    Pointwise (1x1 stride 1) layers take the one-matmul gradient of _kernel_grad, which reads x
+    as it lies, where XLA's transposes x to batch-last first (README, "Measured train step")."""
+    if geometry.lhs_dilation != (1, 1) or _is_pointwise(window, geometry):
         return True
     return all(s > 1 and (k - 1) * d + 1 <= s for k, s, d in zip(window, geometry.strides, geometry.rhs_dilation))
+
+
+def _is_pointwise(window: tuple[int, int], geometry: _Geometry) -> bool:
+    """A 1x1 window at stride 1, neither padded nor dilated: a matmul over the pixels."""
+    return window == (1, 1) and geometry == _Geometry((1, 1), ((0, 0), (0, 0)), (1, 1), (1, 1))
 
 
 def _phases_apply(geometry: _Geometry) -> bool:
@@ -208,6 +216,13 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 def _kernel_grad(x, dy, kernel_shape, geometry: _Geometry) -> jax.Array:
     """dW in float32, from sums over pixels of input patches times output gradients."""
     kh, kw, cin, cout = kernel_shape
+    if _is_pointwise((kh, kw), geometry):
+        # dW = sum over pixels p of x[p] dy[p]^T: one matmul contracting the rows of both where they
+        # lie. XLA:CPU's matmul reads a row-contracted 2-D operand without copying it; the
+        # transposed im2col below, and XLA's own kernel gradient, first copy x transposed (and
+        # XLA fuses into that copy the recomputation of a ResNet's residual stream).
+        return lax.dot_general(x.reshape(-1, cin), dy.reshape(-1, cout), (((0,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32).reshape(kernel_shape)
     if geometry.lhs_dilation == (1, 1):
         # dW[i, j] = sum over output pixels p of x[stride * p + dilation * (i, j) - pad_lo] dy[p]^T
         return _patch_products(x, dy, (kh, kw), geometry.strides, geometry.padding,

@@ -120,8 +120,14 @@ class Dense(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, bias = self.kernel[...].astype(self.dtype), self.bias[...].astype(self.dtype)
-        y = jnp.tensordot(x.astype(self.dtype), kernel, axes=self.num_in_dims)
-        return y + bias
+        batch_shape, in_shape = x.shape[:x.ndim - self.num_in_dims], kernel.shape[:self.num_in_dims]
+        # One 2-D matmul over the flattened rows (reshapes of contiguous dims, no copies): its kernel
+        # gradient then contracts the rows of x where they lie. A tensordot over [B, N, ...] makes
+        # XLA:CPU transpose x to [width, B * N] first, a copy of the activation per layer (README,
+        # "Measured train step": the ViT's step +8%). The same sums either way.
+        rows = x.astype(self.dtype).reshape(-1, math.prod(in_shape))
+        y = jnp.dot(rows, kernel.reshape(rows.shape[1], -1))
+        return y.reshape(*batch_shape, *kernel.shape[self.num_in_dims:]) + bias
 
 
 def attention_implementation(requested: str, dtype, head_dim: int) -> str:
