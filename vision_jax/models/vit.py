@@ -122,9 +122,10 @@ class Dense(nnx.Module):
         kernel, bias = self.kernel[...].astype(self.dtype), self.bias[...].astype(self.dtype)
         batch_shape, in_shape = x.shape[:x.ndim - self.num_in_dims], kernel.shape[:self.num_in_dims]
         # One 2-D matmul over the flattened rows (reshapes of contiguous dims, no copies): its kernel
-        # gradient then contracts the rows of x where they lie. A tensordot over [B, N, ...] makes
-        # XLA:CPU transpose x to [width, B * N] first, a copy of the activation per layer (README,
-        # "Measured train step": the ViT's step +8%). The same sums either way.
+        # gradient then contracts the rows of x and dy where they lie. Contracting over [B, N] (a
+        # tensordot of the 3-D activation) makes XLA:CPU copy one of them transposed first, an
+        # activation-sized copy per layer (README, "Measured train step": the ViT's step +8%).
+        # The same sums either way.
         rows = x.astype(self.dtype).reshape(-1, math.prod(in_shape))
         y = jnp.dot(rows, kernel.reshape(rows.shape[1], -1))
         return y.reshape(*batch_shape, *kernel.shape[self.num_in_dims:]) + bias
