@@ -10,7 +10,8 @@ correct, slower.
   fusion type XLA runs convolutions with its Eigen kernels on every core. Its dots are faster
   on Eigen too (the ViT's train step ~10%, the small CNN's ~15% on the 2-core machine). YNNPACK
   keeps the reductions and elementwise work: without any YNNPACK fusion the ViT step ran at
-  16.6-20.2 images/s against 25.5-29.7 with them. models/conv.py and README ("Measured train step") have the figures.
+  16.6-20.2 images/s against 25.5-29.7 with them. models/conv.py and README ("Measured train
+  step") have the figures.
 
 A user's own setting of an option wins: it is left as it is. An option this jaxlib does not
 define is not added, because an unknown flag in XLA_FLAGS aborts the process.
